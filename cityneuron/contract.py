@@ -1,0 +1,288 @@
+"""Wire contract v1: topic names and payload encoding (see docs/contract.md).
+
+Telemetry: ``city/{district}/{kind}/{device_id}/telemetry`` carrying
+``{"ts": <epoch ms | RFC 3339>, "seq": <int, optional>, "m": {<metric>: <number>}}``
+or a JSON array of such objects (store-and-forward uploads).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cityneuron.catalog import DISTRICT_BY_SLUG, KIND_BY_NAME, Kind
+from cityneuron.errors import ContractError, Reason
+
+CONTRACT_VERSION = 1
+TOPIC_ROOT = "city"
+DEVICE_ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,63}"
+_DEVICE_ID = re.compile(rf"^{DEVICE_ID_PATTERN}$")
+
+TELEMETRY = "telemetry"
+STATUS = "status"
+EVENT = "event"
+CMD = "cmd"
+CMD_ACK = "cmd/ack"
+CHANNELS = (TELEMETRY, STATUS, EVENT, CMD, CMD_ACK)
+ALERTS_TOPIC_ROOT = f"{TOPIC_ROOT}/alerts"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    """The parts of a device topic."""
+
+    district: str
+    kind: str
+    device_id: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One decoded reading: device timestamp in epoch ms, optional sequence and raw metric values."""
+
+    ts_ms: int
+    seq: int | None
+    metrics: dict[str, Any]
+
+
+def is_device_id(device_id: str) -> bool:
+    return bool(_DEVICE_ID.match(device_id))
+
+
+def device_topic(district: str, kind: str, device_id: str, channel: str = TELEMETRY) -> str:
+    """Build a device topic, checking every part against the catalog and the contract."""
+    if district not in DISTRICT_BY_SLUG:
+        raise ContractError(Reason.UNKNOWN_DISTRICT, f"unknown district {district!r}")
+    if kind not in KIND_BY_NAME:
+        raise ContractError(Reason.UNKNOWN_KIND, f"unknown kind {kind!r}")
+    if not is_device_id(device_id):
+        raise ContractError(
+            Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}"
+        )
+    if channel not in CHANNELS:
+        raise ContractError(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
+    return f"{TOPIC_ROOT}/{district}/{kind}/{device_id}/{channel}"
+
+
+def subscription(channel: str = TELEMETRY, district: str = "+", kind: str = "+") -> str:
+    """Topic filter matching ``channel`` of every device (optionally of one district or kind)."""
+    return f"{TOPIC_ROOT}/{district}/{kind}/+/{channel}"
+
+
+def parse_topic(topic: str) -> DeviceTopic:
+    """Split a device topic; raise ContractError with the reason when it breaks the contract."""
+    parts = topic.split("/")
+    if len(parts) == 6 and parts[4] == "cmd" and parts[5] == "ack":
+        parts = [*parts[:4], CMD_ACK]
+    if len(parts) != 5 or parts[0] != TOPIC_ROOT:
+        raise ContractError(
+            Reason.BAD_TOPIC, f"topic {topic!r} is not city/<district>/<kind>/<id>/<channel>"
+        )
+    _, district, kind_name, device_id, channel = parts
+    if district not in DISTRICT_BY_SLUG:
+        raise ContractError(Reason.UNKNOWN_DISTRICT, f"unknown district {district!r}")
+    if kind_name not in KIND_BY_NAME:
+        raise ContractError(Reason.UNKNOWN_KIND, f"unknown kind {kind_name!r}")
+    if not is_device_id(device_id):
+        raise ContractError(
+            Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}"
+        )
+    if channel not in CHANNELS:
+        raise ContractError(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
+    return DeviceTopic(district, kind_name, device_id, channel)
+
+
+# --- timestamps -------------------------------------------------------------------------------
+
+# Epoch ms between 2000-01-01 and 2100-01-01: anything else is a unit mistake (seconds, micros).
+_MIN_TS_MS = 946_684_800_000
+_MAX_TS_MS = 4_102_444_800_000
+
+
+def parse_ts(value: Any) -> int:
+    """Epoch milliseconds from an int (epoch ms) or an RFC 3339 string with a time zone."""
+    if isinstance(value, bool):
+        raise ContractError(Reason.BAD_TIMESTAMP, "ts is a boolean")
+    if isinstance(value, int):
+        ts_ms = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ContractError(
+                Reason.BAD_TIMESTAMP, f"ts {value[:40]!r} is not RFC 3339"
+            ) from None
+        if parsed.tzinfo is None:
+            raise ContractError(Reason.BAD_TIMESTAMP, f"ts {value[:40]!r} has no time zone")
+        ts_ms = round(parsed.timestamp() * 1000)
+    else:
+        raise ContractError(
+            Reason.BAD_TIMESTAMP, f"ts must be epoch ms or RFC 3339, not {type(value).__name__}"
+        )
+    if not _MIN_TS_MS <= ts_ms < _MAX_TS_MS:
+        raise ContractError(
+            Reason.BAD_TIMESTAMP, f"ts {ts_ms} is outside 2000..2100 (epoch ms expected)"
+        )
+    return ts_ms
+
+
+def ms_to_datetime(ts_ms: int) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+def now_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+# --- telemetry payloads -----------------------------------------------------------------------
+
+
+def encode_reading(ts_ms: int, metrics: dict[str, float], seq: int | None = None) -> bytes:
+    """Encode one reading as a contract v1 payload."""
+    body: dict[str, Any] = {"ts": ts_ms, "m": metrics}
+    if seq is not None:
+        body["seq"] = seq
+    return orjson.dumps(body)
+
+
+def encode_readings(readings: list[tuple[int, dict[str, float], int | None]]) -> bytes:
+    """Encode several readings as one array payload (store-and-forward)."""
+    items: list[dict[str, Any]] = []
+    for ts_ms, metrics, seq in readings:
+        item: dict[str, Any] = {"ts": ts_ms, "m": metrics}
+        if seq is not None:
+            item["seq"] = seq
+        items.append(item)
+    return orjson.dumps(items)
+
+
+def loads(payload: bytes) -> Any:
+    """Parse JSON, mapping the codec's error to ContractError(malformed_json)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(Reason.MALFORMED_JSON, str(exc)[:200]) from exc
+
+
+def decode_reading(item: Any) -> Reading:
+    """Check the shape of one reading object; metric values are checked by :func:`check_metrics`."""
+    if not isinstance(item, dict):
+        raise ContractError(
+            Reason.BAD_SHAPE, f"a reading must be an object, not {type(item).__name__}"
+        )
+    if "ts" not in item:
+        raise ContractError(Reason.BAD_TIMESTAMP, "reading has no ts")
+    ts_ms = parse_ts(item["ts"])
+    seq = item.get("seq")
+    if seq is not None and (
+        isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63
+    ):
+        raise ContractError(
+            Reason.BAD_SEQ, f"seq must be a non-negative integer, got {seq!r}"[:200]
+        )
+    metrics = item.get("m")
+    if not isinstance(metrics, dict):
+        raise ContractError(Reason.BAD_SHAPE, "reading has no 'm' object of metrics")
+    if not metrics:
+        raise ContractError(Reason.NO_METRICS, "reading has an empty 'm' object")
+    return Reading(ts_ms, seq, metrics)
+
+
+def decode_telemetry(payload: bytes) -> list[Any]:
+    """Parse a telemetry payload into its list of raw reading objects (one or an array)."""
+    body = loads(payload)
+    if isinstance(body, dict):
+        return [body]
+    if isinstance(body, list):
+        if not body:
+            raise ContractError(Reason.BAD_SHAPE, "empty reading array")
+        return body
+    raise ContractError(
+        Reason.BAD_SHAPE, f"payload must be an object or an array, not {type(body).__name__}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricProblem:
+    metric: str
+    reason: Reason
+    detail: str
+
+
+def check_metrics(
+    kind: Kind, metrics: dict[str, Any]
+) -> tuple[dict[str, float], list[MetricProblem]]:
+    """Split raw metric values into the valid ones and the problems, by the catalog."""
+    good: dict[str, float] = {}
+    problems: list[MetricProblem] = []
+    for name, value in metrics.items():
+        metric = kind.metric_by_name.get(name)
+        if metric is None:
+            problems.append(
+                MetricProblem(
+                    str(name)[:64],
+                    Reason.UNKNOWN_METRIC,
+                    f"{kind.name} has no metric {name!r}"[:200],
+                )
+            )
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(
+                MetricProblem(
+                    name, Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}"
+                )
+            )
+        elif not math.isfinite(value):
+            problems.append(MetricProblem(name, Reason.NON_FINITE, f"{name} is {value}"))
+        elif not metric.contains(value):
+            problems.append(
+                MetricProblem(
+                    name,
+                    Reason.OUT_OF_RANGE,
+                    f"{name}={value} outside [{metric.low}, {metric.high}] {metric.unit}",
+                )
+            )
+        else:
+            good[name] = float(value)
+    return good, problems
+
+
+# --- status and commands ----------------------------------------------------------------------
+
+
+def encode_status(online: bool, ts_ms: int, device: dict[str, Any] | None = None) -> bytes:
+    """Status payload; ``device`` optionally carries registry facts (lat, lon, installed, meta)."""
+    body: dict[str, Any] = {"online": online, "ts": ts_ms}
+    if device:
+        body["device"] = device
+    return orjson.dumps(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    online: bool
+    ts_ms: int
+    device: dict[str, Any] | None
+
+
+def decode_status(payload: bytes) -> Status:
+    body = loads(payload)
+    if not isinstance(body, dict) or not isinstance(body.get("online"), bool):
+        raise ContractError(Reason.BAD_SHAPE, "status must be an object with a boolean 'online'")
+    device = body.get("device")
+    if device is not None and not isinstance(device, dict):
+        raise ContractError(Reason.BAD_SHAPE, "status 'device' must be an object")
+    return Status(body["online"], parse_ts(body["ts"]) if "ts" in body else now_ms(), device)
+
+
+def encode_command(command_id: str, command: str, args: dict[str, Any], ts_ms: int) -> bytes:
+    return orjson.dumps({"id": command_id, "command": command, "args": args, "ts": ts_ms})
+
+
+def encode_command_ack(command_id: str, ok: bool, ts_ms: int, detail: str = "") -> bytes:
+    return orjson.dumps({"id": command_id, "ok": ok, "ts": ts_ms, "detail": detail})

@@ -1,0 +1,441 @@
+"""Local Mosquitto and PostgreSQL servers, started from the machine's binaries.
+
+Used by ``cityneuron up`` and by the test fixtures alike, so both run the same way. Each server
+is a context manager that owns one data folder and one child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from cityneuron.errors import ConfigError
+
+log = logging.getLogger("cityneuron.servers")
+
+_PG_BIN_DIRS = (
+    "/usr/lib/postgresql/{v}/bin",
+    "/usr/pgsql-{v}/bin",
+    "/opt/homebrew/opt/postgresql@{v}/bin",
+)
+_PG_VERSIONS = (18, 17, 16, 15)
+_POSTGRES_USER = "postgres"
+
+
+def broker_conf_dir() -> Path:
+    """The shared Mosquitto settings folder (broker/conf.d), in a checkout or an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "broker" / "conf.d", here / "_broker" / "conf.d"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("broker/conf.d not found: reinstall cityneuron")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_port_free(port: int, what: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(
+                f"port {port} for {what} is busy: stop what uses it or choose another port"
+            ) from None
+
+
+def wait_for_port(
+    port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ConfigError(
+                f"server exited with status {process.returncode} before listening on {port}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ConfigError(f"nothing listens on port {port} after {timeout_s:.0f} s")
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None, sig: int, timeout_s: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _find_mosquitto(explicit: Path | None) -> Path:
+    candidates = [str(explicit)] if explicit else []
+    candidates += [
+        shutil.which("mosquitto") or "",
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise ConfigError("mosquitto not found: install it (Debian/Ubuntu: apt-get install mosquitto)")
+
+
+def find_postgres_bin_dir(explicit: Path | None = None) -> Path:
+    """Folder holding initdb and postgres: the explicit one, PATH, or the usual install folders."""
+    candidates: list[Path] = [explicit] if explicit else []
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    candidates += [Path(d.format(v=v)) for v in _PG_VERSIONS for d in _PG_BIN_DIRS]
+    for candidate in candidates:
+        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+            return candidate
+    raise ConfigError(
+        "PostgreSQL server binaries (initdb, postgres) not found: install them"
+        " (Debian/Ubuntu: apt-get install postgresql) or set CITYNEURON_STACK__POSTGRES_BIN_DIR"
+    )
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    """As root, the account to run PostgreSQL under (initdb and postgres refuse root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(_POSTGRES_USER)
+    except KeyError:
+        raise ConfigError(
+            "running as root but there is no 'postgres' user to run PostgreSQL:"
+            " install the postgresql package (it creates the user) or run as a normal user"
+        ) from None
+
+
+def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            continue
+        if not st.st_mode & 0o001:
+            raise ConfigError(
+                f"PostgreSQL runs as user '{user.pw_name}', who cannot enter {parent}:"
+                f" put the data elsewhere (e.g. CITYNEURON_STACK__HOME=/var/tmp/cityneuron)"
+            )
+
+
+class MosquittoBroker:
+    """A Mosquitto process on loopback using broker/conf.d, with its data under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, port: int, *, binary: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self._binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "mosquitto.log"
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "# Generated by cityneuron: listener and paths for this run; shared settings come from",
+            "# the included broker/conf.d folder.",
+            f"listener {self.port} 127.0.0.1",
+            f"persistence_location {self.data_dir}/",
+            f"log_dest file {self.log_file}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            f"include_dir {broker_conf_dir()}",
+        ]
+        if os.geteuid() == 0:
+            # As root Mosquitto switches to its own user; let that user write the data folder.
+            try:
+                user = pwd.getpwnam("mosquitto")
+                os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+            except KeyError:
+                lines.insert(2, "user root")
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        binary = _find_mosquitto(self._binary)
+        check_port_free(self.port, "mosquitto")
+        conf = self._write_config()
+        self._process = subprocess.Popen(
+            [str(binary), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_port(self.port, timeout_s, self._process)
+        except ConfigError as exc:
+            err = (
+                self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+            )
+            self.stop()
+            raise ConfigError(f"mosquitto did not start: {exc}; {err.strip()[:500]}") from None
+        log.info("mosquitto listening on 127.0.0.1:%d (data in %s)", self.port, self.data_dir)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop; graceful saves the persistence file, otherwise SIGKILL (a crash)."""
+        _stop_process(self._process, signal.SIGTERM if graceful else signal.SIGKILL, 10.0)
+        self._process = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PostgresServer:
+    """A PostgreSQL cluster under ``data_dir`` on a loopback port, run as an unprivileged user.
+
+    On first start it runs initdb and creates the ``cityneuron`` role and database with a random
+    password kept in ``data_dir/cityneuron.password`` (mode 0600).
+    """
+
+    DATABASE = "cityneuron"
+    ROLE = "cityneuron"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        bin_dir: Path | None = None,
+        timescaledb: bool | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self._bin_dir = bin_dir
+        self._want_timescaledb = timescaledb
+        self._process: subprocess.Popen[bytes] | None = None
+        self._user = _unprivileged_user()
+        self.timescaledb_loaded = False
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "cityneuron.password"
+
+    @property
+    def url(self) -> str:
+        password = self.password_file.read_text().strip()
+        return f"postgresql://{self.ROLE}:{password}@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def _run_kwargs(self) -> dict[str, object]:
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    def _chown(self, path: Path) -> None:
+        if self._user is not None:
+            os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def _initdb(self, bin_dir: Path) -> None:
+        superuser_pw = self.data_dir / "superuser.password"
+        superuser_pw.write_text(secrets.token_urlsafe(24) + "\n")
+        superuser_pw.chmod(0o600)
+        self._chown(superuser_pw)
+        result = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.cluster_dir),
+                "-U",
+                "postgres",
+                "--pwfile",
+                str(superuser_pw),
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            capture_output=True,
+            check=False,
+            **self._run_kwargs(),  # type: ignore[arg-type]
+        )
+        if result.returncode != 0:
+            raise ConfigError(
+                f"initdb failed: {result.stderr.decode(errors='replace').strip()[:800]}"
+            )
+
+    def _timescaledb_available(self, bin_dir: Path) -> bool:
+        libdir = subprocess.run(
+            [str(bin_dir / "pg_config"), "--pkglibdir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        return bool(libdir) and any(Path(libdir).glob("timescaledb*.so"))
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        bin_dir = find_postgres_bin_dir(self._bin_dir)
+        check_port_free(self.port, "postgres")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.data_dir)
+        if self._user is not None:
+            _check_traversable(self.data_dir, self._user)
+        first_start = not (self.cluster_dir / "PG_VERSION").exists()
+        if first_start:
+            self._initdb(bin_dir)
+        preload = self._want_timescaledb is not False and self._timescaledb_available(bin_dir)
+        if self._want_timescaledb and not preload:
+            raise ConfigError(
+                "TimescaleDB was requested but its library is not installed for this PostgreSQL"
+            )
+        args = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(self.cluster_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.data_dir}",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "max_wal_size=2GB",
+            "-c",
+            "log_min_messages=warning",
+        ]
+        if preload:
+            args += [
+                "-c",
+                "shared_preload_libraries=timescaledb",
+                "-c",
+                "timescaledb.telemetry_level=off",
+            ]
+        log_handle = self.log_file.open("ab")
+        self._chown(self.log_file)
+        self._process = subprocess.Popen(
+            args,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            **self._run_kwargs(),  # type: ignore[arg-type]
+        )
+        log_handle.close()
+        try:
+            wait_for_port(self.port, timeout_s, self._process)
+            self._wait_ready(timeout_s)
+            self.timescaledb_loaded = preload
+            if first_start:
+                self._create_role_and_database()
+        except ConfigError:
+            tail = self.log_file.read_text(errors="replace")[-800:]
+            self.stop()
+            raise ConfigError(f"postgres did not start; log tail:\n{tail}") from None
+        log.info("postgres listening on 127.0.0.1:%d (data in %s)", self.port, self.data_dir)
+
+    def _superuser_conninfo(self) -> str:
+        password = (self.data_dir / "superuser.password").read_text().strip()
+        return f"host=127.0.0.1 port={self.port} user=postgres password={password} dbname=postgres"
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with psycopg.connect(self._superuser_conninfo(), connect_timeout=2):
+                    return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"postgres not accepting connections: {exc}") from None
+                time.sleep(0.1)
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` owned by the cityneuron role (with TimescaleDB when loaded);
+        return its URL."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self._superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(self.ROLE)
+                )
+            )
+        if self.timescaledb_loaded:
+            # The extension needs a superuser to create; the schema then belongs to the role.
+            with psycopg.connect(
+                self._superuser_conninfo().replace("dbname=postgres", f"dbname={name}"),
+                autocommit=True,
+            ) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def _create_role_and_database(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        password = secrets.token_urlsafe(24)
+        with psycopg.connect(self._superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                    sql.Identifier(self.ROLE), sql.Literal(password)
+                )
+            )
+        self.password_file.write_text(password + "\n")
+        self.password_file.chmod(0o600)
+        self.create_database(self.DATABASE)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Fast shutdown (SIGINT), or SIGKILL to simulate a crash."""
+        _stop_process(self._process, signal.SIGINT if graceful else signal.SIGKILL, 30.0)
+        self._process = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
