@@ -114,9 +114,7 @@ KINDS: tuple[Kind, ...] = (
             Metric("lamp_level", "%", 0.0, 100.0, "street lamp dimming level"),
             Metric("lamp_power_w", "W", 0.0, 400.0, "lamp electrical power (LED 30-250 W)"),
             Metric("illuminance_lux", "lx", 0.0, 150_000.0, "ambient illuminance"),
-            Metric(
-                "noise_dba", "dB(A)", 20.0, 140.0, "equivalent sound level", source="GB 3096-2008"
-            ),
+            Metric("noise_dba", "dB(A)", 20.0, 140.0, "equivalent sound level", source="GB 3096-2008"),
             *_AIR_POLLUTANTS,
             Metric("temperature_c", "Cel", -10.0, 50.0, "air temperature"),
             Metric("humidity_pct", "%RH", 0.0, 100.0, "relative humidity"),
@@ -140,9 +138,7 @@ KINDS: tuple[Kind, ...] = (
         1800,
         (
             Metric("tilt_deg", "deg", 0.0, 180.0, "cover tilt angle (alarm above 10 deg)"),
-            Metric(
-                "water_level_cm", "cm", 0.0, 1000.0, "water level below the cover (float sensor)"
-            ),
+            Metric("water_level_cm", "cm", 0.0, 1000.0, "water level below the cover (float sensor)"),
             Metric("temperature_c", "Cel", -10.0, 70.0, "temperature inside the shaft"),
             _battery(),
             *_nbiot_radio(),
@@ -191,17 +187,11 @@ KINDS: tuple[Kind, ...] = (
                 cumulative=True,
                 source="DL/T 645-2007 00010000",
             ),
-            Metric(
-                "voltage_v", "V", 0.0, 500.0, "phase-A voltage", source="DL/T 645-2007 02010100"
-            ),
-            Metric(
-                "current_a", "A", 0.0, 100.0, "phase-A current", source="DL/T 645-2007 02020100"
-            ),
+            Metric("voltage_v", "V", 0.0, 500.0, "phase-A voltage", source="DL/T 645-2007 02010100"),
+            Metric("current_a", "A", 0.0, 100.0, "phase-A current", source="DL/T 645-2007 02020100"),
             Metric("power_kw", "kW", 0.0, 50.0, "active power", source="DL/T 645-2007 02030000"),
             Metric("power_factor", "1", 0.0, 1.0, "power factor", source="DL/T 645-2007 02060000"),
-            Metric(
-                "frequency_hz", "Hz", 45.0, 55.0, "grid frequency", source="DL/T 645-2007 02800002"
-            ),
+            Metric("frequency_hz", "Hz", 45.0, 55.0, "grid frequency", source="DL/T 645-2007 02800002"),
             *_nbiot_radio(),
         ),
         "hourly frozen data",

@@ -62,9 +62,7 @@ def device_topic(district: str, kind: str, device_id: str, channel: str = TELEME
     if kind not in KIND_BY_NAME:
         raise ContractError(Reason.UNKNOWN_KIND, f"unknown kind {kind!r}")
     if not is_device_id(device_id):
-        raise ContractError(
-            Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}"
-        )
+        raise ContractError(Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}")
     if channel not in CHANNELS:
         raise ContractError(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
     return f"{TOPIC_ROOT}/{district}/{kind}/{device_id}/{channel}"
@@ -81,18 +79,14 @@ def parse_topic(topic: str) -> DeviceTopic:
     if len(parts) == 6 and parts[4] == "cmd" and parts[5] == "ack":
         parts = [*parts[:4], CMD_ACK]
     if len(parts) != 5 or parts[0] != TOPIC_ROOT:
-        raise ContractError(
-            Reason.BAD_TOPIC, f"topic {topic!r} is not city/<district>/<kind>/<id>/<channel>"
-        )
+        raise ContractError(Reason.BAD_TOPIC, f"topic {topic!r} is not city/<district>/<kind>/<id>/<channel>")
     _, district, kind_name, device_id, channel = parts
     if district not in DISTRICT_BY_SLUG:
         raise ContractError(Reason.UNKNOWN_DISTRICT, f"unknown district {district!r}")
     if kind_name not in KIND_BY_NAME:
         raise ContractError(Reason.UNKNOWN_KIND, f"unknown kind {kind_name!r}")
     if not is_device_id(device_id):
-        raise ContractError(
-            Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}"
-        )
+        raise ContractError(Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}")
     if channel not in CHANNELS:
         raise ContractError(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
     return DeviceTopic(district, kind_name, device_id, channel)
@@ -115,9 +109,7 @@ def parse_ts(value: Any) -> int:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise ContractError(
-                Reason.BAD_TIMESTAMP, f"ts {value[:40]!r} is not RFC 3339"
-            ) from None
+            raise ContractError(Reason.BAD_TIMESTAMP, f"ts {value[:40]!r} is not RFC 3339") from None
         if parsed.tzinfo is None:
             raise ContractError(Reason.BAD_TIMESTAMP, f"ts {value[:40]!r} has no time zone")
         ts_ms = round(parsed.timestamp() * 1000)
@@ -126,9 +118,7 @@ def parse_ts(value: Any) -> int:
             Reason.BAD_TIMESTAMP, f"ts must be epoch ms or RFC 3339, not {type(value).__name__}"
         )
     if not _MIN_TS_MS <= ts_ms < _MAX_TS_MS:
-        raise ContractError(
-            Reason.BAD_TIMESTAMP, f"ts {ts_ms} is outside 2000..2100 (epoch ms expected)"
-        )
+        raise ContractError(Reason.BAD_TIMESTAMP, f"ts {ts_ms} is outside 2000..2100 (epoch ms expected)")
     return ts_ms
 
 
@@ -173,19 +163,13 @@ def loads(payload: bytes) -> Any:
 def decode_reading(item: Any) -> Reading:
     """Check the shape of one reading object; metric values are checked by :func:`check_metrics`."""
     if not isinstance(item, dict):
-        raise ContractError(
-            Reason.BAD_SHAPE, f"a reading must be an object, not {type(item).__name__}"
-        )
+        raise ContractError(Reason.BAD_SHAPE, f"a reading must be an object, not {type(item).__name__}")
     if "ts" not in item:
         raise ContractError(Reason.BAD_TIMESTAMP, "reading has no ts")
     ts_ms = parse_ts(item["ts"])
     seq = item.get("seq")
-    if seq is not None and (
-        isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63
-    ):
-        raise ContractError(
-            Reason.BAD_SEQ, f"seq must be a non-negative integer, got {seq!r}"[:200]
-        )
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63):
+        raise ContractError(Reason.BAD_SEQ, f"seq must be a non-negative integer, got {seq!r}"[:200])
     metrics = item.get("m")
     if not isinstance(metrics, dict):
         raise ContractError(Reason.BAD_SHAPE, "reading has no 'm' object of metrics")
@@ -203,9 +187,7 @@ def decode_telemetry(payload: bytes) -> list[Any]:
         if not body:
             raise ContractError(Reason.BAD_SHAPE, "empty reading array")
         return body
-    raise ContractError(
-        Reason.BAD_SHAPE, f"payload must be an object or an array, not {type(body).__name__}"
-    )
+    raise ContractError(Reason.BAD_SHAPE, f"payload must be an object or an array, not {type(body).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +197,7 @@ class MetricProblem:
     detail: str
 
 
-def check_metrics(
-    kind: Kind, metrics: dict[str, Any]
-) -> tuple[dict[str, float], list[MetricProblem]]:
+def check_metrics(kind: Kind, metrics: dict[str, Any]) -> tuple[dict[str, float], list[MetricProblem]]:
     """Split raw metric values into the valid ones and the problems, by the catalog."""
     good: dict[str, float] = {}
     problems: list[MetricProblem] = []
@@ -233,9 +213,7 @@ def check_metrics(
             )
         elif isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(
-                MetricProblem(
-                    name, Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}"
-                )
+                MetricProblem(name, Reason.WRONG_TYPE, f"{name} must be a number, got {type(value).__name__}")
             )
         elif not math.isfinite(value):
             problems.append(MetricProblem(name, Reason.NON_FINITE, f"{name} is {value}"))

@@ -199,9 +199,7 @@ def _cagg_ddl(kind: Kind, width: str) -> sql.Composed:
     )
 
 
-def _sync_kind(
-    conn: psycopg.Connection, kind: Kind, info: DatabaseInfo, db: DatabaseSettings
-) -> None:
+def _sync_kind(conn: psycopg.Connection, kind: Kind, info: DatabaseInfo, db: DatabaseSettings) -> None:
     """Bring one kind's table (and aggregates) in line with the catalog; a no-op when it already is."""
     row = conn.execute("SELECT metrics FROM kind_schema WHERE kind = %s", (kind.name,)).fetchone()
     recorded = list(row[0]) if row else None
@@ -219,9 +217,7 @@ def _sync_kind(
         )
     )
     if info.has_timescaledb:
-        _sync_timescale(
-            conn, kind, db, rebuild_aggregates=recorded is not None and recorded != wanted
-        )
+        _sync_timescale(conn, kind, db, rebuild_aggregates=recorded is not None and recorded != wanted)
     conn.execute(
         "INSERT INTO kind_schema (kind, metrics) VALUES (%s, %s)"
         " ON CONFLICT (kind) DO UPDATE SET metrics = EXCLUDED.metrics, updated_at = now()"
@@ -280,9 +276,7 @@ def _sync_timescale(
 def init_schema(db: DatabaseSettings) -> DatabaseInfo:
     """Create or migrate the schema; safe to run again and from several processes at once."""
     try:
-        with psycopg.connect(
-            db.url, autocommit=True, connect_timeout=int(db.connect_timeout_s)
-        ) as conn:
+        with psycopg.connect(db.url, autocommit=True, connect_timeout=int(db.connect_timeout_s)) as conn:
             conn.execute("SELECT pg_advisory_lock(%s)", (_INIT_LOCK_KEY,))
             try:
                 _try_create_timescaledb(conn)

@@ -58,15 +58,11 @@ def check_port_free(port: int, what: str) -> None:
             ) from None
 
 
-def wait_for_port(
-    port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ConfigError(
-                f"server exited with status {process.returncode} before listening on {port}"
-            )
+            raise ConfigError(f"server exited with status {process.returncode} before listening on {port}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -188,9 +184,7 @@ class MosquittoBroker:
         try:
             wait_for_port(self.port, timeout_s, self._process)
         except ConfigError as exc:
-            err = (
-                self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-            )
+            err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
             self.stop()
             raise ConfigError(f"mosquitto did not start: {exc}; {err.strip()[:500]}") from None
         log.info("mosquitto listening on 127.0.0.1:%d (data in %s)", self.port, self.data_dir)
@@ -294,9 +288,7 @@ class PostgresServer:
             **self._run_kwargs(),  # type: ignore[arg-type]
         )
         if result.returncode != 0:
-            raise ConfigError(
-                f"initdb failed: {result.stderr.decode(errors='replace').strip()[:800]}"
-            )
+            raise ConfigError(f"initdb failed: {result.stderr.decode(errors='replace').strip()[:800]}")
 
     def _timescaledb_available(self, bin_dir: Path) -> bool:
         libdir = subprocess.run(
@@ -391,9 +383,7 @@ class PostgresServer:
 
         with psycopg.connect(self._superuser_conninfo(), autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(name), sql.Identifier(self.ROLE)
-                )
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(self.ROLE))
             )
         if self.timescaledb_loaded:
             # The extension needs a superuser to create; the schema then belongs to the role.

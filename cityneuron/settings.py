@@ -31,9 +31,7 @@ class DatabaseSettings(BaseModel):
     # TimescaleDB policies; ignored on plain PostgreSQL.
     chunk_interval: str = "1 day"
     compress_after: str = "7 days"
-    retention: str | None = Field(
-        None, description="drop raw readings older than this, e.g. '365 days'"
-    )
+    retention: str | None = Field(None, description="drop raw readings older than this, e.g. '365 days'")
 
 
 class IngestSettings(BaseModel):
@@ -84,9 +82,7 @@ class StackSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="CITYNEURON_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="CITYNEURON_", env_nested_delimiter="__", extra="ignore")
 
     log_level: str = "INFO"
     mqtt: MqttSettings = MqttSettings()

@@ -55,9 +55,7 @@ def postgres_plain() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def postgres_timescaledb() -> Iterator[PostgresServer]:
     if not _timescaledb_installed():
-        pytest.skip(
-            "TimescaleDB extension is not installed for this PostgreSQL (CI runs plain PostgreSQL)"
-        )
+        pytest.skip("TimescaleDB extension is not installed for this PostgreSQL (CI runs plain PostgreSQL)")
     root = _scratch_dir("cityneuron-tsdb-")
     server = PostgresServer(root / "pg", free_port(), timescaledb=True)
     with server:

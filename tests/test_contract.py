@@ -80,9 +80,7 @@ def test_device_id_limit_is_64_chars() -> None:
 
 
 def test_payload_epoch_ms_and_rfc3339_agree() -> None:
-    a = contract.decode_reading(
-        orjson.loads(b'{"ts": 1700000000000, "seq": 7, "m": {"pm25": 12.5}}')
-    )
+    a = contract.decode_reading(orjson.loads(b'{"ts": 1700000000000, "seq": 7, "m": {"pm25": 12.5}}'))
     b = contract.decode_reading({"ts": "2023-11-14T22:13:20Z", "m": {"pm25": 12.5}})
     c = contract.decode_reading({"ts": "2023-11-15T06:13:20+08:00", "m": {"pm25": 12.5}})
     assert a.ts_ms == b.ts_ms == c.ts_ms == 1_700_000_000_000
@@ -165,8 +163,7 @@ def test_check_metrics_keeps_the_valid_ones() -> None:
 @given(st.sampled_from(KINDS), st.data())
 def test_in_range_values_always_pass(kind, data) -> None:  # type: ignore[no-untyped-def]
     metrics = {
-        m.name: data.draw(st.floats(min_value=m.low, max_value=m.high, allow_nan=False))
-        for m in kind.metrics
+        m.name: data.draw(st.floats(min_value=m.low, max_value=m.high, allow_nan=False)) for m in kind.metrics
     }
     good, problems = contract.check_metrics(kind, metrics)
     assert problems == []

@@ -39,9 +39,7 @@ def test_one_wide_table_per_kind_with_catalog_columns(any_database: DatabaseSett
 
 def test_init_is_idempotent(any_database: DatabaseSettings) -> None:
     with psycopg.connect(any_database.url) as conn:
-        conn.execute(
-            "INSERT INTO reading_air_station (time, device_id, pm25) VALUES (now(), 'aq-1', 10)"
-        )
+        conn.execute("INSERT INTO reading_air_station (time, device_id, pm25) VALUES (now(), 'aq-1', 10)")
         conn.commit()
     init_schema(any_database)
     init_schema(any_database)
@@ -81,15 +79,11 @@ def test_a_new_catalog_metric_is_migrated(
         hydro.interval_s,
         (*hydro.metrics, catalog.Metric("flow_m3s", "m3/s", 0, 1e5, "discharge")),
     )
-    monkeypatch.setattr(
-        schema, "KINDS", tuple(extended if k.name == hydro.name else k for k in KINDS)
-    )
+    monkeypatch.setattr(schema, "KINDS", tuple(extended if k.name == hydro.name else k for k in KINDS))
     init_schema(database)
     with psycopg.connect(database.url) as conn:
         assert "flow_m3s" in _columns(conn, "reading_hydrology_station")
-        row = conn.execute(
-            "SELECT metrics FROM kind_schema WHERE kind = 'hydrology_station'"
-        ).fetchone()
+        row = conn.execute("SELECT metrics FROM kind_schema WHERE kind = 'hydrology_station'").fetchone()
         assert row is not None and "flow_m3s" in row[0]
 
 
@@ -98,15 +92,11 @@ def test_timescaledb_objects(tsdb_database: DatabaseSettings) -> None:
     with psycopg.connect(tsdb_database.url) as conn:
         assert database_info(conn).has_timescaledb
         hypertables = {
-            r[0]
-            for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+            r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
         }
         assert {k.table for k in KINDS} <= hypertables
         caggs = {
-            r[0]
-            for r in conn.execute(
-                "SELECT view_name FROM timescaledb_information.continuous_aggregates"
-            )
+            r[0] for r in conn.execute("SELECT view_name FROM timescaledb_information.continuous_aggregates")
         }
         assert {f"{k.table}_1h" for k in KINDS} | {f"{k.table}_1d" for k in KINDS} <= caggs
         jobs = {r[0] for r in conn.execute("SELECT proc_name FROM timescaledb_information.jobs")}
