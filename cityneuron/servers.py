@@ -83,13 +83,11 @@ def _stop_process(process: subprocess.Popen[bytes] | None, sig: int, timeout_s: 
 
 
 def _find_mosquitto(explicit: Path | None) -> Path:
-    candidates = [str(explicit)] if explicit else []
-    candidates += [
-        shutil.which("mosquitto") or "",
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    for candidate in candidates:
+    if explicit is not None:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise ConfigError(f"mosquitto not found at {explicit} (CITYNEURON_STACK__MOSQUITTO_BIN)")
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise ConfigError("mosquitto not found: install it (Debian/Ubuntu: apt-get install mosquitto)")

@@ -1,0 +1,3 @@
+from cityneuron.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The ``cityneuron`` command: up, db init, ingest, api, sim."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cityneuron import __version__
+from cityneuron.errors import CityNeuronError
+from cityneuron.settings import Settings
+
+log = logging.getLogger("cityneuron.cli")
+
+
+def _add_mqtt_db_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt-host", dest="mqtt__host", help="broker host")
+    parser.add_argument("--mqtt-port", dest="mqtt__port", type=int, help="broker port")
+    parser.add_argument("--database-url", dest="database__url", help="postgresql:// URL")
+
+
+def _add_sim_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", dest="simulator__preset", choices=["small", "district", "shenzhen"])
+    parser.add_argument("--scale", dest="simulator__scale", type=float, help="multiply the preset's counts")
+    parser.add_argument("--seed", dest="simulator__seed", type=int)
+    parser.add_argument("--speed", dest="simulator__speed", type=float, help="simulated seconds per second")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cityneuron", description="CityNeuron city sensor-network testbed")
+    parser.add_argument("--version", action="version", version=f"cityneuron {__version__}")
+    parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole stack locally (no Docker)")
+    up.add_argument("--home", dest="stack__home", type=Path, help="data folder (default ./.cityneuron)")
+    up.add_argument("--mqtt-port", dest="mqtt__port", type=int)
+    up.add_argument("--postgres-port", dest="stack__postgres_port", type=int)
+    up.add_argument("--api-port", dest="api__port", type=int)
+    up.add_argument("--ingest-http-port", dest="ingest__http_port", type=int)
+    up.add_argument("--no-sim", dest="stack__run_simulator", action="store_false", default=None)
+    _add_sim_options(up)
+
+    db = commands.add_parser("db", help="database tasks")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_init = db_commands.add_parser("init", help="create or migrate the schema (idempotent)")
+    db_init.add_argument("--database-url", dest="database__url")
+
+    ingest = commands.add_parser("ingest", help="run the ingest service")
+    _add_mqtt_db_options(ingest)
+
+    api = commands.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host", dest="api__host")
+    api.add_argument("--port", dest="api__port", type=int)
+    _add_mqtt_db_options(api)
+
+    sim = commands.add_parser("sim", help="run the city simulator")
+    _add_sim_options(sim)
+    sim.add_argument("--mqtt-host", dest="mqtt__host")
+    sim.add_argument("--mqtt-port", dest="mqtt__port", type=int)
+    sim.add_argument("--connections", dest="simulator__connections", type=int, help="gateway connections")
+    sim.add_argument("--qos", dest="simulator__qos", type=int, choices=[0, 1])
+    sim.add_argument("--duration", type=float, help="stop after this many seconds")
+    sim.add_argument("--once", action="store_true", help="publish one report per device, then exit")
+    sim.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the command line options given."""
+    overrides: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if value is None or key in {"command", "db_command", "duration", "once", "json"}:
+            continue
+        section, _, field = key.partition("__")
+        if field:
+            overrides.setdefault(section, {})[field] = value
+        else:
+            overrides[section] = value
+    base = Settings()
+    merged = base.model_dump()
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return Settings.model_validate(merged)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "up":
+        from cityneuron.stack import run_stack
+
+        return run_stack(settings)
+    if args.command == "db":
+        from cityneuron.schema import init_schema
+
+        info = init_schema(settings.database)
+        print(f"schema ready (PostgreSQL {info.server_version}, TimescaleDB {info.timescaledb or 'absent'})")
+        return 0
+    if args.command == "ingest":
+        from ingest.service import run as run_ingest
+
+        run_ingest(settings)
+        return 0
+    if args.command == "api":
+        from api.main import run as run_api
+
+        run_api(settings)
+        return 0
+    if args.command == "sim":
+        from simulator.runner import run as run_sim
+
+        summary = run_sim(settings, duration_s=args.duration, once=args.once)
+        if args.json:
+            print(json.dumps(summary.as_dict()))
+        else:
+            print(summary)
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cityneuron`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        print(f"cityneuron: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        return _run(args, settings)
+    except CityNeuronError as exc:
+        print(f"cityneuron: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
