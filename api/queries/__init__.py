@@ -1,0 +1,1 @@
+"""SQL of the API, one module per resource; identifiers come only from the catalog."""

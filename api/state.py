@@ -1,0 +1,34 @@
+"""Per-application state built in the lifespan: settings, pool and what the database offers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.db import AsyncConn
+from api.queries.meta import DatabaseFeatures, load_features
+from cityneuron.settings import Settings
+
+log = logging.getLogger("cityneuron.api")
+
+
+@dataclass(slots=True)
+class ApiState:
+    settings: Settings
+    pool: AsyncConnectionPool[AsyncConn]
+    features: DatabaseFeatures | None = field(default=None)
+
+    async def database_features(self, conn: AsyncConn) -> DatabaseFeatures:
+        """TimescaleDB and continuous aggregates: detected once (at startup, or on the first
+        request when the database was down at startup)."""
+        if self.features is None:
+            self.features = await load_features(conn)
+            log.info(
+                "database: PostgreSQL %s, TimescaleDB %s, %d continuous aggregates",
+                self.features.info.server_version,
+                self.features.info.timescaledb or "absent",
+                len(self.features.continuous_aggregates),
+            )
+        return self.features
