@@ -33,6 +33,7 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     OUT_OF_RANGE = "out_of_range"
     NO_METRICS = "no_metrics"
+    STORE_FAILED = "store_failed"
 
 
 class ContractError(CityNeuronError):

@@ -1,0 +1,242 @@
+"""Decoding and validation of inbound messages into reading rows, status updates and dead letters.
+
+Pure functions: no database, no network. The checks that need the device registry (unknown
+device, kind mismatch) happen in :mod:`ingest.registry`, inside the batch transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import orjson
+
+from cityneuron import contract
+from cityneuron.catalog import KIND_BY_NAME
+from cityneuron.errors import ContractError, Reason
+from cityneuron.settings import IngestSettings
+
+# The database refused a message that passed validation (see the poison-message fallback).
+STORE_FAILED = Reason.STORE_FAILED
+
+_MS_PER_DAY = 86_400_000
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DETAIL_MAX_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MQTT message as the network thread received it."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: float  # epoch seconds
+    # The MQTT connection it arrived on: a packet id is only meaningful on that connection.
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One reading's valid metrics."""
+
+    ts_ms: int
+    seq: int | None
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    online: bool
+    ts_ms: int
+    lat: float | None = None
+    lon: float | None = None
+    installed: date | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one message turned into: rows to store, a status update, and dead letters."""
+
+    message: Message
+    topic: contract.DeviceTopic | None
+    rows: list[Row] = field(default_factory=list)
+    status: StatusUpdate | None = None
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def device_id(self) -> str | None:
+        return self.topic.device_id if self.topic else None
+
+    def dead_letter(self, reason: str, detail: str, payload: bytes | None = None) -> DeadLetter:
+        msg = self.message
+        return DeadLetter(
+            topic=_text(msg.topic),
+            device_id=self.device_id,
+            reason=str(reason),
+            detail=_text(detail)[:_DETAIL_MAX_CHARS],
+            payload=msg.payload if payload is None else payload,
+            received_at=msg.received_at,
+        )
+
+    def reject(self, reason: str, detail: str, payload: bytes | None = None) -> None:
+        """Dead-letter the whole message instead of storing any part of it."""
+        self.rows = []
+        self.status = None
+        self.dead_letters = [self.dead_letter(reason, detail, payload)]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int
+    future_tolerance_ms: int
+    max_age_ms: int
+
+    @classmethod
+    def from_settings(cls, ingest: IngestSettings) -> Limits:
+        return cls(
+            max_payload_bytes=ingest.max_payload_bytes,
+            future_tolerance_ms=ingest.future_tolerance_s * 1000,
+            max_age_ms=ingest.max_age_days * _MS_PER_DAY,
+        )
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL.
+    return value.replace("\x00", "\\x00")
+
+
+def decode_message(message: Message, limits: Limits, now_ms: int) -> Decoded:
+    """Validate one message against the contract; never raises for bad input."""
+    # Dead letters keep at most max_payload_bytes: they must not become a way to store huge payloads.
+    head = message.payload[: limits.max_payload_bytes]
+    try:
+        topic = contract.parse_topic(message.topic)
+    except ContractError as exc:
+        decoded = Decoded(message, None)
+        decoded.reject(exc.reason, exc.detail, head)
+        return decoded
+    decoded = Decoded(message, topic)
+    if len(message.payload) > limits.max_payload_bytes:
+        decoded.reject(
+            Reason.TOO_LARGE,
+            f"payload of {len(message.payload)} bytes exceeds max_payload_bytes={limits.max_payload_bytes}"
+            " (the dead letter keeps the first max_payload_bytes)",
+            head,
+        )
+        return decoded
+    try:
+        if topic.channel == contract.TELEMETRY:
+            _decode_telemetry(decoded, limits, now_ms)
+        elif topic.channel == contract.STATUS:
+            decoded.status = _decode_status(message.payload, limits, now_ms)
+        else:
+            decoded.reject(Reason.BAD_TOPIC, f"ingest does not consume the {topic.channel!r} channel")
+    except ContractError as exc:
+        decoded.reject(exc.reason, exc.detail)
+    return decoded
+
+
+def _check_age(ts_ms: int, limits: Limits, now_ms: int) -> None:
+    if ts_ms > now_ms + limits.future_tolerance_ms:
+        raise ContractError(
+            Reason.FUTURE_TIMESTAMP,
+            f"ts {ts_ms} is {(ts_ms - now_ms) / 1000:.0f} s in the future"
+            f" (tolerance {limits.future_tolerance_ms // 1000} s)",
+        )
+    if ts_ms < now_ms - limits.max_age_ms:
+        raise ContractError(
+            Reason.TOO_OLD,
+            f"ts {ts_ms} is {(now_ms - ts_ms) / _MS_PER_DAY:.0f} days old"
+            f" (limit {limits.max_age_ms // _MS_PER_DAY} days)",
+        )
+
+
+def _decode_telemetry(decoded: Decoded, limits: Limits, now_ms: int) -> None:
+    assert decoded.topic is not None
+    kind = KIND_BY_NAME[decoded.topic.kind]
+    items = contract.decode_telemetry(decoded.message.payload)
+    single = len(items) == 1
+    for index, item in enumerate(items):
+        prefix = "" if single else f"reading {index}: "
+        # A bad item of an array is kept alone; a single reading keeps the original bytes.
+        item_payload = None if single else orjson.dumps(item)
+        try:
+            reading = contract.decode_reading(item)
+            _check_age(reading.ts_ms, limits, now_ms)
+        except ContractError as exc:
+            decoded.dead_letters.append(decoded.dead_letter(exc.reason, prefix + exc.detail, item_payload))
+            continue
+        good, problems = contract.check_metrics(kind, reading.metrics)
+        for problem in problems:
+            decoded.dead_letters.append(
+                decoded.dead_letter(
+                    problem.reason, f"{prefix}ts {reading.ts_ms}: {problem.detail}", item_payload
+                )
+            )
+        if good:
+            decoded.rows.append(Row(reading.ts_ms, reading.seq, good))
+
+
+def _decode_status(payload: bytes, limits: Limits, now_ms: int) -> StatusUpdate:
+    status = contract.decode_status(payload)
+    _check_age(status.ts_ms, limits, now_ms)
+    facts = status.device or {}
+    return StatusUpdate(
+        online=status.online,
+        ts_ms=status.ts_ms,
+        lat=_coordinate(facts, "lat", 90.0),
+        lon=_coordinate(facts, "lon", 180.0),
+        installed=_installed(facts),
+        meta=_meta(facts),
+    )
+
+
+def _coordinate(facts: dict[str, Any], name: str, limit: float) -> float | None:
+    value = facts.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ContractError(Reason.WRONG_TYPE, f"device.{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ContractError(Reason.NON_FINITE, f"device.{name} is {value}")
+    # WGS 84 degrees.
+    if not -limit <= value <= limit:
+        raise ContractError(Reason.OUT_OF_RANGE, f"device.{name}={value} outside [-{limit}, {limit}]")
+    return float(value)
+
+
+def _installed(facts: dict[str, Any]) -> date | None:
+    value = facts.get("installed")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ContractError(Reason.BAD_SHAPE, f"device.installed must be YYYY-MM-DD, got {value!r}"[:200])
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ContractError(Reason.BAD_SHAPE, f"device.installed {value!r} is not a date") from None
+
+
+def _meta(facts: dict[str, Any]) -> dict[str, Any] | None:
+    value = facts.get("meta")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ContractError(Reason.BAD_SHAPE, f"device.meta must be an object, not {type(value).__name__}")
+    return value

@@ -1,0 +1,143 @@
+"""The ingest service: MQTT network thread -> bounded inbox -> writer thread -> database, then acks.
+
+``run`` is what ``cityneuron ingest`` and ``python -m ingest`` call; tests use ``IngestService``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+from typing import Self
+
+from cityneuron.settings import Settings
+from ingest.decode import Message
+from ingest.mqtt import MqttSource
+from ingest.observability import IngestMetrics, ObservabilityServer
+from ingest.registry import DeviceCache
+from ingest.store import ReadingStore
+from ingest.writer import BatchWriter
+
+log = logging.getLogger("cityneuron.ingest")
+
+# On stop, the writer gets this long to commit and ack what it already received.
+_DRAIN_TIMEOUT_S = 10.0
+_STOP_POLL_S = 0.5
+
+
+class IngestService:
+    """One ingest process's worth of pipeline; use as a context manager or start()/stop().
+
+    ``http_port`` is the port of ``/metrics`` and ``/ready`` once started (useful with port 0).
+    ``failure`` holds the error that stopped the writer, if any (the service is then not ready).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        ingest = settings.ingest
+        self.metrics = IngestMetrics()
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=ingest.queue_max_messages)
+        self.metrics.queue_depth.set_function(self._inbox.qsize)
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready() else 0.0)
+        if ingest.queue_max_messages < ingest.receive_maximum:
+            log.warning(
+                "queue_max_messages=%d < receive_maximum=%d: a full inbox will stall the MQTT network"
+                " thread (and its keep-alive)",
+                ingest.queue_max_messages,
+                ingest.receive_maximum,
+            )
+        self._source = MqttSource(settings.mqtt, ingest, self._inbox, self.metrics)
+        store = ReadingStore(settings.database, DeviceCache(), auto_register=ingest.auto_register)
+        self._writer = BatchWriter(ingest, self._inbox, store, self._source.ack, self.metrics)
+        self._writer_thread = threading.Thread(target=self._writer.run, name="ingest-writer", daemon=True)
+        self._http: ObservabilityServer | None = None
+        self.http_port: int | None = None
+        self._started = False
+        self._stopped = False
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._writer.failure
+
+    def ready(self) -> bool:
+        """Subscribed to the broker and connected to the database."""
+        return self._started and not self._stopped and self._source.subscribed and self._writer.db_connected
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if self.failure is not None or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def start(self) -> None:
+        ingest = self._settings.ingest
+        self._http = ObservabilityServer(ingest.http_host, ingest.http_port, self.metrics, self.ready)
+        self.http_port = self._http.port
+        self._http.start()
+        self._started = True
+        self._writer_thread.start()
+        self._source.start()
+        log.info(
+            "ingest started client_id=%s share_group=%s batch_max=%d flush_ms=%d receive_maximum=%d",
+            ingest.client_id,
+            ingest.share_group,
+            ingest.batch_max_messages,
+            ingest.flush_interval_ms,
+            ingest.receive_maximum,
+        )
+
+    def stop(self) -> None:
+        """Stop receiving, commit and ack what was received, then disconnect (the session stays)."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        self._source.stop_receiving()
+        self._writer.drain()
+        self._writer_thread.join(_DRAIN_TIMEOUT_S)
+        if self._writer_thread.is_alive():
+            log.warning("writer did not drain within %.0f s: leaving the rest unacked", _DRAIN_TIMEOUT_S)
+            self._writer.abort()
+            self._writer_thread.join(_DRAIN_TIMEOUT_S)
+        self._source.stop()
+        if self._http is not None:
+            self._http.stop()
+        log.info("ingest stopped")
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def run(settings: Settings, stop_event: threading.Event | None = None) -> None:
+    """Run ingest until ``stop_event`` is set or SIGINT/SIGTERM arrives (handlers are installed only
+    on the main thread); re-raise the error that stopped the writer, if any."""
+    stop = stop_event or threading.Event()
+    previous: dict[signal.Signals, object] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    try:
+        with IngestService(settings) as service:
+            while not stop.wait(_STOP_POLL_S):
+                if service.failure is not None:
+                    break
+        if service.failure is not None:
+            raise service.failure
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
