@@ -30,6 +30,11 @@ def _add_sim_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", dest="simulator__scale", type=float, help="multiply the preset's counts")
     parser.add_argument("--seed", dest="simulator__seed", type=int)
     parser.add_argument("--speed", dest="simulator__speed", type=float, help="simulated seconds per second")
+    parser.add_argument(
+        "--start",
+        dest="simulator__start",
+        help="simulated start time, RFC 3339 (default: now; 24 h ago when --speed > 1)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ Environment variables use the prefix ``CITYNEURON_`` and ``__`` between levels, 
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -69,6 +70,10 @@ class SimulatorSettings(BaseModel):
     connections: int = Field(2, ge=1)
     qos: int = Field(1, ge=0, le=1)
     client_id_prefix: str = "cityneuron-sim"
+    # Simulated time never runs ahead of the wall clock (ingest rejects future readings): an
+    # accelerated run (speed > 1) without a start begins catch_up_hours ago and then keeps pace.
+    start: datetime | None = None
+    catch_up_hours: float = Field(24.0, ge=0)
 
 
 class StackSettings(BaseModel):
