@@ -290,7 +290,7 @@ def init_schema(db: DatabaseSettings) -> DatabaseInfo:
                 for version in range(current + 1, SCHEMA_VERSION + 1):
                     with conn.transaction():
                         for statement in _MIGRATIONS[version]:
-                            conn.execute(statement)  # type: ignore[call-overload]
+                            conn.execute(statement)
                         conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                     log.info("schema migrated to version %d", version)
                 for kind in KINDS:

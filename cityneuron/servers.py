@@ -252,10 +252,18 @@ class PostgresServer:
         password = self.password_file.read_text().strip()
         return f"postgresql://{self.ROLE}:{password}@127.0.0.1:{self.port}/{self.DATABASE}"
 
-    def _run_kwargs(self) -> dict[str, object]:
-        if self._user is None:
-            return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+    @property
+    def _uid(self) -> int | None:
+        return None if self._user is None else self._user.pw_uid
+
+    @property
+    def _gid(self) -> int | None:
+        return None if self._user is None else self._user.pw_gid
+
+    @property
+    def _extra_groups(self) -> list[int] | None:
+        # Drop root's supplementary groups too, not only its uid and gid.
+        return None if self._user is None else []
 
     def _chown(self, path: Path) -> None:
         if self._user is not None:
@@ -283,7 +291,9 @@ class PostgresServer:
             ],
             capture_output=True,
             check=False,
-            **self._run_kwargs(),  # type: ignore[arg-type]
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._extra_groups,
         )
         if result.returncode != 0:
             raise ConfigError(f"initdb failed: {result.stderr.decode(errors='replace').strip()[:800]}")
@@ -341,7 +351,9 @@ class PostgresServer:
             args,
             stdout=log_handle,
             stderr=subprocess.STDOUT,
-            **self._run_kwargs(),  # type: ignore[arg-type]
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._extra_groups,
         )
         log_handle.close()
         try:

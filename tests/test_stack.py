@@ -83,14 +83,19 @@ def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[
 
         with httpx.Client(base_url=api, timeout=5) as client:
             health = client.get("/health").json()
-            assert health["database"]["ok"] and health["broker"]["ok"]
-            devices = _wait_for(
-                lambda: client.get("/devices", params={"limit": 1000}).json()["items"],
+            assert health["database"]["reachable"] and health["broker"]["reachable"]
+            poles = _wait_for(
+                lambda: client.get("/devices", params={"kind": "smart_pole"}).json()["items"],
                 60,
-                "registered devices",
+                "registered poles",
             )
-            assert {d["kind"] for d in devices} >= {"smart_pole", "air_station"}
-            pole = next(d for d in devices if d["kind"] == "smart_pole")
+            stations = _wait_for(
+                lambda: client.get("/devices", params={"kind": "air_station"}).json()["items"],
+                60,
+                "registered air stations",
+            )
+            assert all(s["online"] for s in stations)
+            pole = poles[0]
             latest = _wait_for(
                 lambda: (
                     client.get(f"/devices/{pole['device_id']}/latest").status_code == 200
@@ -105,9 +110,10 @@ def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[
         rest, _ = process.communicate(timeout=60)
         output.append(rest or "")
     assert process.returncode == 0, "".join(output)
-    for port in ports.values():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", port))  # everything it started has let go of its port
+    for name, port in ports.items():
+        # Everything it started has stopped listening.
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pytest.fail(f"{name} still listens on {port}")
 
 
 def test_up_busy_port_is_a_one_line_error(stack_home: Path, process_env: dict[str, str]) -> None:
