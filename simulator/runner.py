@@ -214,9 +214,10 @@ def run(
     with _stop_on_signals(stop), pool:
         sim = _Simulation(city, pool, options.qos, stop)
         sim.announce(clock.start_ms)
-        if once:
-            sim.publish_latest(clock.start_ms)
-        else:
+        # Every device's most recent report first, as from a fleet that was already running: a
+        # dashboard sees all kinds at once, not an air station an hour and a meter a day later.
+        sim.publish_latest(clock.start_ms)
+        if not once:
             deadline = None if duration_s is None else started + duration_s
             _loop(sim, clock, stop, deadline)
     unacked = pool.unacked
