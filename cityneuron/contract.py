@@ -55,8 +55,7 @@ def is_device_id(device_id: str) -> bool:
     return bool(_DEVICE_ID.match(device_id))
 
 
-def device_topic(district: str, kind: str, device_id: str, channel: str = TELEMETRY) -> str:
-    """Build a device topic, checking every part against the catalog and the contract."""
+def _check_topic_parts(district: str, kind: str, device_id: str, channel: str) -> DeviceTopic:
     if district not in DISTRICT_BY_SLUG:
         raise ContractError(Reason.UNKNOWN_DISTRICT, f"unknown district {district!r}")
     if kind not in KIND_BY_NAME:
@@ -65,6 +64,12 @@ def device_topic(district: str, kind: str, device_id: str, channel: str = TELEME
         raise ContractError(Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}")
     if channel not in CHANNELS:
         raise ContractError(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
+    return DeviceTopic(district, kind, device_id, channel)
+
+
+def device_topic(district: str, kind: str, device_id: str, channel: str = TELEMETRY) -> str:
+    """Build a device topic, checking every part against the catalog and the contract."""
+    _check_topic_parts(district, kind, device_id, channel)
     return f"{TOPIC_ROOT}/{district}/{kind}/{device_id}/{channel}"
 
 
@@ -80,16 +85,7 @@ def parse_topic(topic: str) -> DeviceTopic:
         parts = [*parts[:4], CMD_ACK]
     if len(parts) != 5 or parts[0] != TOPIC_ROOT:
         raise ContractError(Reason.BAD_TOPIC, f"topic {topic!r} is not city/<district>/<kind>/<id>/<channel>")
-    _, district, kind_name, device_id, channel = parts
-    if district not in DISTRICT_BY_SLUG:
-        raise ContractError(Reason.UNKNOWN_DISTRICT, f"unknown district {district!r}")
-    if kind_name not in KIND_BY_NAME:
-        raise ContractError(Reason.UNKNOWN_KIND, f"unknown kind {kind_name!r}")
-    if not is_device_id(device_id):
-        raise ContractError(Reason.BAD_TOPIC, f"device id {device_id!r} does not match {DEVICE_ID_PATTERN}")
-    if channel not in CHANNELS:
-        raise ContractError(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
-    return DeviceTopic(district, kind_name, device_id, channel)
+    return _check_topic_parts(*parts[1:])
 
 
 # --- timestamps -------------------------------------------------------------------------------

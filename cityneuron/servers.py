@@ -134,7 +134,35 @@ def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
             )
 
 
-class MosquittoBroker:
+class _ServerProcess:
+    """A child server process that is a context manager: start on enter, stop on exit."""
+
+    _process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def stop(self, *, graceful: bool = True) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MosquittoBroker(_ServerProcess):
     """A Mosquitto process on loopback using broker/conf.d, with its data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, port: int, *, binary: Path | None = None) -> None:
@@ -192,24 +220,8 @@ class MosquittoBroker:
         _stop_process(self._process, signal.SIGTERM if graceful else signal.SIGKILL, 10.0)
         self._process = None
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     """A PostgreSQL cluster under ``data_dir`` on a loopback port, run as an unprivileged user.
 
     On first start it runs initdb and creates the ``cityneuron`` role and database with a random
@@ -423,19 +435,3 @@ class PostgresServer:
         """Fast shutdown (SIGINT), or SIGKILL to simulate a crash."""
         _stop_process(self._process, signal.SIGINT if graceful else signal.SIGKILL, 30.0)
         self._process = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
