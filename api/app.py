@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.db import build_pool, pooled_connection
 from api.errors import ApiError, install_error_handlers
-from api.routers import aggregates, devices, health, readings
+from api.routers import aggregates, city, devices, health, readings
 from api.state import ApiState
 from cityneuron import __version__
 from cityneuron.settings import Settings
@@ -62,6 +62,6 @@ def create_app(settings: Settings) -> FastAPI:
             allow_methods=["GET"],
             allow_headers=["*"],
         )
-    for module in (health, devices, readings, aggregates):
+    for module in (health, devices, readings, aggregates, city):
         app.include_router(module.router)
     return app

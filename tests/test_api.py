@@ -540,6 +540,10 @@ def test_cors_and_openapi(client: httpx.Client) -> None:
         "/devices/{device_id}/latest",
         "/devices/{device_id}/readings",
         "/aggregates",
+        "/city/aqi/stations",
+        "/city/aqi/districts",
+        "/city/water-quality/stations",
+        "/city/rain/districts",
     }
     aggregates = spec["paths"]["/aggregates"]["get"]
     assert aggregates["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
