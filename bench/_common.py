@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -86,7 +87,7 @@ def mosquitto_version() -> str:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     try:
         out = subprocess.run([binary, "-h"], capture_output=True, text=True, check=False, timeout=10)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     first = (out.stdout or out.stderr).splitlines()
     return first[0].removeprefix("mosquitto version ").strip() if first else "unknown"
@@ -100,6 +101,8 @@ def machine(postgres_version: str, timescaledb_version: str | None) -> dict[str,
         "ram_gib": round(_ram_gib(), 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "paho_mqtt": metadata.version("paho-mqtt"),
+        "psycopg": metadata.version("psycopg"),
         "mosquitto": mosquitto_version(),
         "postgresql": postgres_version,
         "timescaledb": timescaledb_version,
@@ -108,7 +111,7 @@ def machine(postgres_version: str, timescaledb_version: str | None) -> dict[str,
 
 # --- the workload ------------------------------------------------------------------------------
 
-# "single": smart poles, one reading of 13 metrics per message (every 60 s per pole).
+# "single": smart poles, one reading per message (every 60 s per pole), 10 or 12 metrics.
 # "array": NB-IoT water meters, one daily upload carrying 24 hourly frozen readings.
 PAYLOAD_KINDS = {"single": "smart_pole", "array": "water_meter"}
 # The "district" preset: 3,000 poles, 40,000 water meters (simulator/city.py).

@@ -79,6 +79,9 @@ _STALL_TIMEOUT_S = 60.0
 _POLL_S = 0.2
 _READY_TIMEOUT_S = 60.0
 _PERCENTILES = (50, 95, 99)
+# A stage whose "other" CPU (not used by any process of the benchmark) is above this share of the
+# machine's busy time was probably disturbed by something else running on the machine.
+_NOISY_OTHER_SHARE = 0.15
 
 
 @dataclass
@@ -571,6 +574,11 @@ def _check_stored(
 # --- output --------------------------------------------------------------------------------------------
 
 
+def _other_share(result: StageResult) -> float:
+    total = sum(result.cpu_s.values())
+    return result.cpu_s.get("other", 0.0) / total if total else 0.0
+
+
 def _min_ceiling(results: list[StageResult]) -> float:
     ceilings = [r.readings_per_s for r in results if r.role == "ceiling"]
     return min(ceilings) if ceilings else float("nan")
@@ -600,7 +608,8 @@ def _report(bench: Bench, info: dict[str, Any]) -> str:
     width = max(len(r.name) for r in results) + 1
     lines = [
         f"machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, Linux {info['kernel']},"
-        f" Python {info['python']}, Mosquitto {info['mosquitto']}, PostgreSQL {info['postgresql']}"
+        f" Python {info['python']} (paho-mqtt {info['paho_mqtt']}, psycopg {info['psycopg']}),"
+        f" Mosquitto {info['mosquitto']}, PostgreSQL {info['postgresql']}"
         + (f", TimescaleDB {info['timescaledb']}" if info["timescaledb"] else ""),
         f"workload: --payload {w.style} ({w.kind.name}, {w.readings_per_message} reading(s) a message,"
         f" {w.payload_bytes / w.messages:.0f} B a message), {w.messages:,} messages = {w.readings:,}"
@@ -638,8 +647,15 @@ def _report(bench: Bench, info: dict[str, Any]) -> str:
     lines += ["", "notes"]
     lines += [f"{r.name:<{width}} {r.notes}" for r in results if r.notes]
     lost = [r.name for r in results if r.stored != r.readings]
+    noisy = [r.name for r in results if _other_share(r) > _NOISY_OTHER_SHARE]
     lines += [
         "",
+        (
+            f"WARNING: other processes used over {_NOISY_OTHER_SHARE:.0%} of the busy CPU in: {', '.join(noisy)};"
+            " something else ran on the machine or the stage was too short to measure: run again"
+            if noisy
+            else f"quiet machine: CPU used outside the benchmark's processes <= {_NOISY_OTHER_SHARE:.0%} in every stage"
+        ),
         f"zero loss: {'yes' if not lost else 'NO'}: stored == published ({w.readings:,} readings) in every stage"
         + (f"; NOT in: {', '.join(lost)}" if lost else ""),
         "latency: publish = wall clock just before each publish() in the publisher; receive = received_at"
@@ -668,6 +684,7 @@ def _document(bench: Bench, info: dict[str, Any], elapsed_s: float) -> dict[str,
         },
         "min_ceiling_readings_per_s": round(_min_ceiling(bench.results), 1),
         "zero_loss": all(r.stored == r.readings for r in bench.results),
+        "disturbed_stages": [r.name for r in bench.results if _other_share(r) > _NOISY_OTHER_SHARE],
         "goal": _goal(bench.results),
         "stages": [r.as_dict() for r in bench.results],
         "elapsed_s": round(elapsed_s, 1),
