@@ -7,11 +7,8 @@ Aggregates are checked against values computed here in Python from the inserted 
 from __future__ import annotations
 
 import statistics
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,10 +16,9 @@ import httpx
 import orjson
 import psycopg
 import pytest
-import uvicorn
+from apiserver import serve_api
 from psycopg.types.json import Jsonb
 
-from api.app import create_app
 from cityneuron.catalog import KIND_BY_NAME
 from cityneuron.contract import CONTRACT_VERSION
 from cityneuron.schema import SCHEMA_VERSION
@@ -35,29 +31,6 @@ MAX_PAGE = 20
 MAX_BUCKETS = 300
 
 # --- serving ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _serve(settings: Settings) -> Iterator[httpx.Client]:
-    """The app under uvicorn in a thread (lifespan included), and a client for it."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "API server exited during startup"
-        assert time.monotonic() < deadline, "API server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _settings(database: DatabaseSettings, mqtt_port: int) -> Settings:
@@ -75,7 +48,7 @@ def _settings(database: DatabaseSettings, mqtt_port: int) -> Settings:
 
 @pytest.fixture
 def client(database: DatabaseSettings, broker: MosquittoBroker) -> Iterator[httpx.Client]:
-    with _serve(_settings(database, broker.port)) as c:
+    with serve_api(_settings(database, broker.port)) as c:
         yield c
 
 
@@ -232,7 +205,7 @@ def test_health_503_when_broker_down(client: httpx.Client, broker: MosquittoBrok
 
 def test_database_down_gives_503_everywhere(database: DatabaseSettings, broker: MosquittoBroker) -> None:
     down = database.model_copy(update={"url": f"postgresql://nobody:x@127.0.0.1:{free_port()}/none"})
-    with _serve(_settings(down, broker.port)) as client:
+    with serve_api(_settings(down, broker.port)) as client:
         health = client.get("/health")
         assert health.status_code == 503
         assert health.json()["database"]["reachable"] is False
@@ -575,7 +548,7 @@ def test_continuous_aggregates_equal_raw(tsdb_database: DatabaseSettings, broker
         ({"bucket": "2d", "agg": "count", "device_id": "aq-f2"}, "reading_air_station_1d"),
         ({"bucket": "24h", "agg": "sum", "group_by": "device"}, "reading_air_station_1d"),
     )
-    with _serve(_settings(tsdb_database, broker.port)) as client:
+    with serve_api(_settings(tsdb_database, broker.port)) as client:
         health = client.get("/health").json()
         assert health["database"]["timescaledb_present"] is True and health["database"]["timescaledb"]
         for case, source in cases:

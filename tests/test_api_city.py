@@ -6,21 +6,17 @@ GB 3838-2002, national rainstorm signals); the API must return them exactly.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
+from apiserver import serve_api
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from api.app import create_app
 from cityneuron.catalog import DISTRICTS
 from cityneuron.settings import DatabaseSettings, Settings
 
@@ -28,27 +24,9 @@ AT = datetime(2025, 6, 1, 12, tzinfo=UTC)  # 20:00 in Shenzhen
 HOUR = timedelta(hours=1)
 
 
-@contextmanager
-def _serve(database: DatabaseSettings) -> Iterator[httpx.Client]:
-    """The app under uvicorn in a thread (lifespan included); the city views need no broker."""
-    config = uvicorn.Config(
-        create_app(Settings(database=database)), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "API server exited during startup"
-        assert time.monotonic() < deadline, "API server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+def _serve(database: DatabaseSettings) -> contextlib.AbstractContextManager[httpx.Client]:
+    """The city views need no broker."""
+    return serve_api(Settings(database=database))
 
 
 def _device(conn: psycopg.Connection, device_id: str, kind: str, district: str, **meta: Any) -> None:

@@ -15,12 +15,10 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-import uvicorn
+from apiserver import serve_api
 
-from api.app import create_app
 from cityneuron import contract
 from cityneuron.catalog import KIND_BY_NAME, KINDS
-from cityneuron.servers import free_port
 from cityneuron.settings import Settings
 from ingest.service import IngestService
 from simulator.city import build_city
@@ -64,17 +62,8 @@ class _Recorder:
 
 @pytest.fixture
 def api_client(settings: Settings) -> Iterator[httpx.Client]:
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": free_port()})})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api.port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_until(lambda: server.started, 20, "the API to start")
-    with httpx.Client(base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10) as client:
+    with serve_api(settings) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
 
 
 def _stored_readings(url: str) -> int:
