@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from api.models import BrokerHealth, DatabaseHealth
+from cityneuron.mqttclient import tls_context
 from cityneuron.settings import DatabaseSettings, MqttSettings
 
 # MQTT 3.1.1 (OASIS 2014) section 3.2.2.3: CONNACK return codes.
@@ -56,7 +57,7 @@ def connect_packet(client_id: str, username: str | None, password: str | None, k
 
 
 async def _mqtt_handshake(mqtt: MqttSettings) -> str | None:
-    context = ssl.create_default_context(cafile=str(mqtt.tls_ca_file)) if mqtt.tls_ca_file else None
+    context = tls_context(mqtt)
     reader, writer = await asyncio.open_connection(mqtt.host, mqtt.port, ssl=context)
     try:
         # Section 3.1.3.1: servers must accept ids of 1-23 characters; this one has 22.

@@ -1,8 +1,13 @@
-"""The ``cityneuron`` command: up, db init, ingest, api, sim."""
+"""The ``cityneuron`` command: up, db init, ingest, api, sim, and the commands of ``_COMMAND_MODULES``.
+
+Options whose ``dest`` is ``section__field`` override that setting; any other option is an
+argument of the command itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -17,6 +22,12 @@ from cityneuron.errors import CityNeuronError
 from cityneuron.settings import Settings
 
 log = logging.getLogger("cityneuron.cli")
+
+# Each module defines ``add_parser(commands)``, which adds its subcommand and sets the defaults
+# ``handler=<function(args, settings) -> exit status>``.
+_COMMAND_MODULES: tuple[str, ...] = ()
+# Options that are settings but not ``section__field`` shaped.
+_TOP_LEVEL_SETTINGS = frozenset({"log_level"})
 
 
 def _add_mqtt_db_options(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--mqtt-port", dest="mqtt__port", type=int)
     sim.add_argument("--connections", dest="simulator__connections", type=int, help="gateway connections")
     sim.add_argument("--qos", dest="simulator__qos", type=int, choices=[0, 1])
+    sim.add_argument("--mode", dest="simulator__mode", choices=["gateway", "device"])
+    sim.add_argument("--shard", dest="simulator__shard", help="i/N: simulate shard i (0-based) of N")
+    sim.add_argument(
+        "--scenario", dest="simulator__scenario_file", type=Path, help="scenario timeline (TOML)"
+    )
+    sim.add_argument("--faults", dest="simulator__faults_file", type=Path, help="fault rates per kind (TOML)")
+    sim.add_argument("--fault-log", dest="simulator__fault_log", type=Path, help="write injected faults here")
     sim.add_argument("--duration", type=float, help="stop after this many seconds")
     sim.add_argument("--once", action="store_true", help="publish one report per device, then exit")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(commands)
     return parser
 
 
@@ -81,7 +101,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the command line options given."""
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
-        if value is None or key in {"command", "db_command", "duration", "once", "json"}:
+        if value is None or ("__" not in key and key not in _TOP_LEVEL_SETTINGS):
             continue
         section, _, field = key.partition("__")
         if field:
@@ -107,6 +127,9 @@ def _configure_logging(level: str) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args, settings))
     if args.command == "up":
         from cityneuron.stack import run_stack
 

@@ -260,3 +260,119 @@ def encode_command(command_id: str, command: str, args: dict[str, Any], ts_ms: i
 
 def encode_command_ack(command_id: str, ok: bool, ts_ms: int, detail: str = "") -> bytes:
     return orjson.dumps({"id": command_id, "ok": ok, "ts": ts_ms, "detail": detail})
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    command_id: str
+    command: str
+    args: dict[str, Any]
+    ts_ms: int
+
+
+# Downlink commands each kind accepts (docs/contract.md): command -> (kinds, checker of args).
+_VALVE_STATES = ("open", "close")
+COMMAND_KINDS: dict[str, tuple[str, ...]] = {
+    "set_lamp_level": ("smart_pole",),
+    "set_valve": ("water_meter", "gas_meter"),
+}
+
+
+def check_command(kind: str, command: str, args: Any) -> dict[str, Any]:
+    """Validated ``args`` of ``command`` for a device of ``kind``; ContractError when not accepted."""
+    kinds = COMMAND_KINDS.get(command)
+    if kinds is None:
+        raise ContractError(Reason.BAD_SHAPE, f"unknown command {command!r}; known: {sorted(COMMAND_KINDS)}")
+    if kind not in kinds:
+        raise ContractError(Reason.BAD_SHAPE, f"{kind} devices do not accept {command!r}")
+    if not isinstance(args, dict):
+        raise ContractError(Reason.BAD_SHAPE, "command args must be an object")
+    if command == "set_lamp_level":
+        level = args.get("level")
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 <= level <= 100:
+            raise ContractError(Reason.BAD_SHAPE, "set_lamp_level needs args.level, a number 0..100")
+        return {"level": float(level)}
+    state = args.get("state")
+    if state not in _VALVE_STATES:
+        raise ContractError(Reason.BAD_SHAPE, "set_valve needs args.state, 'open' or 'close'")
+    return {"state": state}
+
+
+def decode_command(payload: bytes) -> Command:
+    """A command as a device receives it (its kind's args are checked with ``check_command``)."""
+    body = loads(payload)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("id"), str)
+        or not isinstance(body.get("command"), str)
+    ):
+        raise ContractError(Reason.BAD_SHAPE, "command must be an object with string 'id' and 'command'")
+    args = body.get("args", {})
+    if not isinstance(args, dict):
+        raise ContractError(Reason.BAD_SHAPE, "command args must be an object")
+    return Command(body["id"], body["command"], args, parse_ts(body["ts"]) if "ts" in body else now_ms())
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAck:
+    command_id: str
+    ok: bool
+    ts_ms: int
+    detail: str
+
+
+def decode_command_ack(payload: bytes) -> CommandAck:
+    body = loads(payload)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("id"), str)
+        or not isinstance(body.get("ok"), bool)
+    ):
+        raise ContractError(
+            Reason.BAD_SHAPE, "command ack must be an object with string 'id' and boolean 'ok'"
+        )
+    detail = body.get("detail", "")
+    return CommandAck(
+        body["id"], body["ok"], parse_ts(body["ts"]) if "ts" in body else now_ms(), str(detail)[:500]
+    )
+
+
+# --- alerts -----------------------------------------------------------------------------------
+
+
+def alert_topic(district: str, kind: str, device_id: str, rule: str) -> str:
+    """``city/alerts/{district}/{kind}/{device_id}/{rule}`` (published by the ingest, QoS 1)."""
+    _check_topic_parts(district, kind, device_id, TELEMETRY)
+    if not re.fullmatch(r"[a-z0-9_]{1,64}", rule):
+        raise ContractError(Reason.BAD_TOPIC, f"bad rule name {rule!r}")
+    return f"{ALERTS_TOPIC_ROOT}/{district}/{kind}/{device_id}/{rule}"
+
+
+def encode_alert(
+    *,
+    state: str,
+    rule: str,
+    severity: str,
+    device_id: str,
+    kind: str,
+    district: str,
+    ts_ms: int,
+    value: float | None,
+    detail: str = "",
+) -> bytes:
+    """Alert transition payload: ``state`` is "open" or "closed"."""
+    if state not in ("open", "closed"):
+        raise ValueError(f"alert state must be 'open' or 'closed', not {state!r}")
+    return orjson.dumps(
+        {
+            "state": state,
+            "rule": rule,
+            "severity": severity,
+            "device_id": device_id,
+            "kind": kind,
+            "district": district,
+            "ts": ts_ms,
+            "value": value,
+            "detail": detail,
+        }
+    )

@@ -19,7 +19,7 @@ from cityneuron.settings import DatabaseSettings
 
 log = logging.getLogger("cityneuron.schema")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Any constant: serialises concurrent `db init` runs (several ingest processes starting at once).
 _INIT_LOCK_KEY = 0x43_49_54_59
 
@@ -87,6 +87,64 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             kind text PRIMARY KEY,
             metrics text[] NOT NULL,
             updated_at timestamptz NOT NULL DEFAULT now()
+        )
+        """,
+    ),
+    2: (
+        # Data-quality accounting per device (issue 4): the ingest keeps these current.
+        """
+        ALTER TABLE devices
+            ADD COLUMN last_seen_at timestamptz,
+            ADD COLUMN messages bigint NOT NULL DEFAULT 0,
+            ADD COLUMN seq_max bigint,
+            ADD COLUMN seq_gaps bigint NOT NULL DEFAULT 0,
+            ADD COLUMN seq_duplicates bigint NOT NULL DEFAULT 0,
+            ADD COLUMN seq_reordered bigint NOT NULL DEFAULT 0
+        """,
+        """
+        CREATE TABLE alerts (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            device_id text NOT NULL,
+            kind text NOT NULL,
+            district text NOT NULL,
+            rule text NOT NULL,
+            severity text NOT NULL,
+            opened_at timestamptz NOT NULL,
+            closed_at timestamptz,
+            value double precision,
+            peak_value double precision,
+            close_value double precision,
+            detail text NOT NULL DEFAULT ''
+        )
+        """,
+        # Hysteresis in the database too: at most one open alert per device and rule.
+        "CREATE UNIQUE INDEX alerts_one_open ON alerts (device_id, rule) WHERE closed_at IS NULL",
+        "CREATE INDEX alerts_opened ON alerts (opened_at DESC)",
+        "CREATE INDEX alerts_district ON alerts (district, opened_at DESC)",
+        """
+        CREATE TABLE commands (
+            command_id text PRIMARY KEY,
+            device_id text NOT NULL,
+            command text NOT NULL,
+            args jsonb NOT NULL DEFAULT '{}'::jsonb,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            expires_at timestamptz NOT NULL,
+            state text NOT NULL DEFAULT 'pending',
+            acked_at timestamptz,
+            ok boolean,
+            detail text NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX commands_device ON commands (device_id, created_at DESC)",
+        """
+        CREATE TABLE api_keys (
+            key_id text PRIMARY KEY,
+            name text NOT NULL,
+            scopes text[] NOT NULL,
+            secret_hash text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            revoked_at timestamptz,
+            last_used_at timestamptz
         )
         """,
     ),

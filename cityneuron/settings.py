@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +19,10 @@ class MqttSettings(BaseModel):
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
+    # TLS: verify the broker against this CA; a client certificate is optional (devices).
     tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     keepalive_s: int = Field(30, ge=5)
     connect_timeout_s: float = Field(10.0, gt=0)
     reconnect_max_delay_s: float = Field(30.0, gt=0)
@@ -48,6 +52,12 @@ class IngestSettings(BaseModel):
     future_tolerance_s: int = Field(300, ge=0)
     max_age_days: int = Field(3650, ge=1)
     db_retry_max_delay_s: float = Field(5.0, gt=0)
+    # Alert rules (docs/alerts.md); None uses the defaults shipped with the ingest.
+    rules_file: Path | None = None
+    publish_alerts: bool = True
+    # A device is "silent" when nothing arrived for this many times its reporting interval.
+    silent_after_intervals: float = Field(3.0, gt=0)
+    silent_check_interval_s: float = Field(30.0, gt=0)
     # Prometheus /metrics and the /ready probe used by compose and `cityneuron up`.
     http_host: str = "127.0.0.1"
     http_port: int = Field(9108, ge=0, le=65535)
@@ -60,6 +70,12 @@ class ApiSettings(BaseModel):
     max_page_size: int = Field(1000, ge=1)
     default_page_size: int = Field(100, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    # API keys (issue 7): reads open by default in the local testbed, writes always need a key.
+    read_requires_key: bool = False
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    command_timeout_s: float = Field(30.0, gt=0)
 
 
 class SimulatorSettings(BaseModel):
@@ -74,6 +90,32 @@ class SimulatorSettings(BaseModel):
     # accelerated run (speed > 1) without a start begins catch_up_hours ago and then keeps pace.
     start: datetime | None = None
     catch_up_hours: float = Field(24.0, ge=0)
+    # gateway: a few connections publish for many devices; device: one connection per device.
+    mode: Literal["gateway", "device"] = "gateway"
+    # "i/N": this process simulates shard i (0-based) of N; None runs the whole city.
+    shard: str | None = None
+    scenario_file: Path | None = None
+    faults_file: Path | None = None
+    fault_log: Path | None = None
+    # Secret from which every device's MQTT password is derived (written by `cityneuron broker`).
+    device_key_file: Path | None = None
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        index, sep, count = value.partition("/")
+        if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+            raise ValueError(f"shard must be 'i/N' with 0 <= i < N, got {value!r}")
+        return value
+
+    def shard_index_count(self) -> tuple[int, int]:
+        """(index, count) of this process's shard; (0, 1) when unsharded."""
+        if self.shard is None:
+            return 0, 1
+        index, _, count = self.shard.partition("/")
+        return int(index), int(count)
 
 
 class StackSettings(BaseModel):
@@ -84,6 +126,9 @@ class StackSettings(BaseModel):
     postgres_bin_dir: Path | None = None
     mosquitto_bin: Path | None = None
     run_simulator: bool = True
+    # Broker security for the local stack: per-device passwords, ACL, TLS listener.
+    secure_broker: bool = True
+    mqtt_tls_port: int = Field(8883, ge=1, le=65535)
 
 
 class Settings(BaseSettings):

@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityneuron import contract
+from cityneuron.mqttclient import configure_client
 from cityneuron.settings import IngestSettings, MqttSettings
 from ingest.decode import Message
 from ingest.observability import IngestMetrics
@@ -90,10 +91,7 @@ class MqttSource:
             min_delay=_RECONNECT_MIN_DELAY_S,
             max_delay=max(_RECONNECT_MIN_DELAY_S, round(self._mqtt.reconnect_max_delay_s)),
         )
-        if self._mqtt.username:
-            client.username_pw_set(self._mqtt.username, self._mqtt.password)
-        if self._mqtt.tls_ca_file:
-            client.tls_set(ca_certs=str(self._mqtt.tls_ca_file))
+        configure_client(client, self._mqtt)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -8,7 +8,6 @@ outstanding, so the simulator never runs ahead of the broker.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from types import TracebackType
@@ -20,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cityneuron.contract import TOPIC_ROOT, encode_status, now_ms
+from cityneuron.mqttclient import configure_client
 from cityneuron.settings import MqttSettings
 from simulator.errors import PublishError
 
@@ -70,10 +70,7 @@ class Gateway:
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(1, max(1, int(settings.reconnect_max_delay_s)))
-        if settings.username:
-            self._client.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca_file:
-            self._client.tls_set(ca_certs=str(settings.tls_ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        configure_client(self._client, settings)
         # The will reports the gateway offline if it vanishes without a clean disconnect. It has
         # no ts: it fires long after it was set, and a status without ts is stamped on receipt.
         self._client.will_set(

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from cityneuron.cli import _parser, build_settings, main
+from cityneuron.schema import SCHEMA_VERSION
 from cityneuron.settings import DatabaseSettings
 
 
@@ -38,7 +39,7 @@ def test_db_init_cli_is_idempotent(database: DatabaseSettings, process_env: dict
         assert result.returncode == 0, result.stderr
         assert "schema ready" in result.stdout
     with psycopg.connect(database.url) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_unreachable_database_is_a_one_line_error(process_env: dict[str, str]) -> None:
