@@ -25,7 +25,7 @@ log = logging.getLogger("cityneuron.cli")
 
 # Each module defines ``add_parser(commands)``, which adds its subcommand and sets the defaults
 # ``handler=<function(args, settings) -> exit status>``.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("simulator.load.cli",)
 # Options that are settings but not ``section__field`` shaped.
 _TOP_LEVEL_SETTINGS = frozenset({"log_level"})
 
