@@ -6,8 +6,10 @@ device, kind mismatch) happen in :mod:`ingest.registry`, inside the batch transa
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -18,6 +20,7 @@ from cityneuron import contract
 from cityneuron.catalog import KIND_BY_NAME
 from cityneuron.errors import ContractError, Reason
 from cityneuron.settings import IngestSettings
+from ingest.payload import loads, telemetry_items
 
 # The database refused a message that passed validation (see the poison-message fallback).
 STORE_FAILED = Reason.STORE_FAILED
@@ -108,11 +111,14 @@ class Limits:
     max_age_ms: int
 
     @classmethod
-    def from_settings(cls, ingest: IngestSettings) -> Limits:
+    def from_settings(cls, ingest: IngestSettings, retention_s: float | None = None) -> Limits:
+        """Limits from the settings; ``retention_s`` (the database's retention window, when one is
+        set) replaces ``max_age_days``: a reading the retention policy would drop is refused."""
+        max_age_ms = ingest.max_age_days * _MS_PER_DAY if retention_s is None else round(retention_s * 1000)
         return cls(
             max_payload_bytes=ingest.max_payload_bytes,
             future_tolerance_ms=ingest.future_tolerance_s * 1000,
-            max_age_ms=ingest.max_age_days * _MS_PER_DAY,
+            max_age_ms=max_age_ms,
         )
 
 
@@ -162,15 +168,15 @@ def _check_age(ts_ms: int, limits: Limits, now_ms: int) -> None:
     if ts_ms < now_ms - limits.max_age_ms:
         raise ContractError(
             Reason.TOO_OLD,
-            f"ts {ts_ms} is {(now_ms - ts_ms) / _MS_PER_DAY:.0f} days old"
-            f" (limit {limits.max_age_ms // _MS_PER_DAY} days)",
+            f"ts {ts_ms} is {(now_ms - ts_ms) / _MS_PER_DAY:.1f} days old"
+            f" (retention window {limits.max_age_ms / _MS_PER_DAY:g} days)",
         )
 
 
 def _decode_telemetry(decoded: Decoded, limits: Limits, now_ms: int) -> None:
     assert decoded.topic is not None
     kind = KIND_BY_NAME[decoded.topic.kind]
-    items = contract.decode_telemetry(decoded.message.payload)
+    items = telemetry_items(decoded.message.payload)
     single = len(items) == 1
     for index, item in enumerate(items):
         prefix = "" if single else f"reading {index}: "
@@ -183,18 +189,39 @@ def _decode_telemetry(decoded: Decoded, limits: Limits, now_ms: int) -> None:
             decoded.dead_letters.append(decoded.dead_letter(exc.reason, prefix + exc.detail, item_payload))
             continue
         good, problems = contract.check_metrics(kind, reading.metrics)
-        for problem in problems:
-            decoded.dead_letters.append(
-                decoded.dead_letter(
-                    problem.reason, f"{prefix}ts {reading.ts_ms}: {problem.detail}", item_payload
-                )
-            )
         if good:
             decoded.rows.append(Row(reading.ts_ms, reading.seq, good))
+        # One dead letter per reason. When part of the reading is stored, the dead letter holds
+        # exactly the refused part (ts, seq and those metrics), so the row and the dead letter
+        # together are the message: nothing is dropped and nothing is kept twice.
+        by_reason: dict[Reason, list[contract.MetricProblem]] = defaultdict(list)
+        for problem in problems:
+            by_reason[problem.reason].append(problem)
+        for reason, group in by_reason.items():
+            payload = _refused_part(reading, group) if good else item_payload
+            details = "; ".join(problem.detail for problem in group)
+            decoded.dead_letters.append(
+                decoded.dead_letter(reason, f"{prefix}ts {reading.ts_ms}: {details}", payload)
+            )
+
+
+def _refused_part(reading: contract.Reading, problems: list[contract.MetricProblem]) -> bytes:
+    names = {problem.metric for problem in problems}
+    part: dict[str, Any] = {"ts": reading.ts_ms}
+    if reading.seq is not None:
+        part["seq"] = reading.seq
+    part["m"] = {name: value for name, value in reading.metrics.items() if str(name)[:64] in names}
+    # The standard library writes NaN and Infinity as they came; orjson would write null.
+    return json.dumps(part, separators=(",", ":"), default=str).encode()
 
 
 def _decode_status(payload: bytes, limits: Limits, now_ms: int) -> StatusUpdate:
-    status = contract.decode_status(payload)
+    try:
+        status = contract.decode_status(payload)
+    except ContractError as exc:
+        if exc.reason == Reason.MALFORMED_JSON:
+            loads(payload)  # raises non_finite when that is what the parser refused
+        raise
     _check_age(status.ts_ms, limits, now_ms)
     facts = status.device or {}
     return StatusUpdate(

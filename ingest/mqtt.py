@@ -27,6 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cityneuron import contract
 from cityneuron.mqttclient import configure_client
 from cityneuron.settings import IngestSettings, MqttSettings
+from ingest.alerts.engine import Transition
 from ingest.decode import Message
 from ingest.observability import IngestMetrics
 
@@ -142,6 +143,28 @@ class MqttSource:
                     self._client.ack(message.mid, message.qos)
                     acked += 1
         return acked
+
+    def publish_alerts(self, transitions: list[Transition]) -> None:
+        """Publish committed alert transitions, QoS 1, on ``city/alerts/...``.
+
+        paho keeps QoS 1 messages published while disconnected and sends them once the
+        connection is back; the ``alerts`` table, written before this, is the record.
+        """
+        for t in transitions:
+            topic = contract.alert_topic(t.district, t.kind, t.device_id, t.rule)
+            payload = contract.encode_alert(
+                state=t.state,
+                rule=t.rule,
+                severity=t.severity,
+                device_id=t.device_id,
+                kind=t.kind,
+                district=t.district,
+                ts_ms=t.ts_ms,
+                value=t.value,
+                detail=t.detail,
+            )
+            self._client.publish(topic, payload, qos=1)
+            self._metrics.alerts_published.labels(t.state).inc()
 
     # --- paho callbacks (network thread) --------------------------------------------------------
 

@@ -14,6 +14,8 @@ from types import FrameType, TracebackType
 from typing import Self
 
 from cityneuron.settings import Settings
+from ingest.alerts.engine import AlertEngine
+from ingest.alerts.rules import load_rules
 from ingest.decode import Message
 from ingest.mqtt import MqttSource
 from ingest.observability import IngestMetrics, ObservabilityServer
@@ -50,8 +52,20 @@ class IngestService:
                 ingest.receive_maximum,
             )
         self._source = MqttSource(settings.mqtt, ingest, self._inbox, self.metrics)
-        store = ReadingStore(settings.database, DeviceCache(), auto_register=ingest.auto_register)
-        self._writer = BatchWriter(ingest, self._inbox, store, self._source.ack, self.metrics)
+        self.rules = load_rules(ingest.rules_file)
+        self.alerts = AlertEngine(self.rules)
+        store = ReadingStore(
+            settings.database, DeviceCache(), auto_register=ingest.auto_register, engine=self.alerts
+        )
+        self._writer = BatchWriter(
+            ingest,
+            self._inbox,
+            store,
+            self._source.ack,
+            self.metrics,
+            rules=self.rules,
+            publish=self._source.publish_alerts if ingest.publish_alerts else None,
+        )
         self._writer_thread = threading.Thread(target=self._writer.run, name="ingest-writer", daemon=True)
         self._http: ObservabilityServer | None = None
         self.http_port: int | None = None
@@ -83,12 +97,16 @@ class IngestService:
         self._writer_thread.start()
         self._source.start()
         log.info(
-            "ingest started client_id=%s share_group=%s batch_max=%d flush_ms=%d receive_maximum=%d",
+            "ingest started client_id=%s share_group=%s batch_max=%d flush_ms=%d receive_maximum=%d"
+            " alert_rules=%s rules_file=%s publish_alerts=%s",
             ingest.client_id,
             ingest.share_group,
             ingest.batch_max_messages,
             ingest.flush_interval_ms,
             ingest.receive_maximum,
+            ",".join(self.rules.names) or "none",
+            ingest.rules_file or "default",
+            ingest.publish_alerts,
         )
 
     def stop(self) -> None:

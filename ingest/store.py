@@ -1,9 +1,9 @@
 """Writes decoded batches to the database: one transaction per batch.
 
-Per kind, the rows are COPYed (binary) into a temporary staging table, then moved into
-``reading_<kind>`` with ``ON CONFLICT (device_id, time) DO NOTHING`` (a resent reading is stored
-once) and folded into ``latest_reading`` where they are newer than what it holds. Device
-registration, status updates and the batch's dead letters share the same transaction.
+Per kind, the rows are COPYed into a staging table and moved into ``reading_<kind>`` and
+``latest_reading`` (:mod:`ingest.staging`). Device registration, status updates, the per-device
+quality counters (:mod:`ingest.quality`), alert transitions (:mod:`ingest.alerts`) and the batch's
+dead letters share the same transaction, so a batch is counted, alerted and acked only once.
 """
 
 from __future__ import annotations
@@ -14,20 +14,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import psycopg
-from psycopg import sql
 
-from cityneuron.catalog import KIND_BY_NAME, KINDS, Kind
 from cityneuron.schema import SCHEMA_VERSION, SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings
+from ingest.alerts.engine import AlertEngine, Plan, Transition
+from ingest.alerts.rules import RuleSet
+from ingest.alerts.store import SilenceReport, apply_plan, check_silence, load_open_alerts, load_windows
 from ingest.decode import DeadLetter, Decoded
 from ingest.errors import IngestError
+from ingest.quality import CREATE_STAGE as CREATE_DEVICE_STAGE
+from ingest.quality import QualityTotals, account, lock_devices, write_devices
 from ingest.registry import DeviceCache, apply_statuses, resolve_devices
+from ingest.staging import STATEMENTS, stage_batch
 
 log = logging.getLogger("cityneuron.ingest")
 
-# jsonb_build_object takes at most 100 arguments (PostgreSQL FUNC_MAX_ARGS): 50 key/value pairs.
-_JSONB_PAIRS_PER_CALL = 50
 # Detect a dead server within about 25 s even when no query is running (libpq keepalive options).
 _KEEPALIVE_OPTIONS: dict[str, Any] = {
     "keepalives": 1,
@@ -47,95 +50,33 @@ class BatchOutcome:
     statuses_applied: int = 0
     statuses_stale: int = 0
     registered: int = 0
+    quality: QualityTotals = field(default_factory=QualityTotals)
+    # Device timestamps (epoch ms) of the newly stored readings: the lag histogram.
+    stored_ts_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # Alert transitions this batch wrote to the table (to publish once committed).
+    alerts: list[Transition] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _KindStatements:
-    create_stage: sql.Composed
-    copy: sql.Composed
-    types: tuple[str, ...]
-    insert: sql.Composed
-    latest: sql.Composed
-
-
-def _epoch_plus(column: str, unit: str) -> sql.Composed:
-    # Exact integer arithmetic: no float rounding of the device's millisecond timestamps.
-    return sql.SQL("timestamptz 'epoch' + {} * interval {}").format(sql.Identifier(column), sql.Literal(unit))
-
-
-def _metrics_jsonb(kind: Kind) -> sql.Composable:
-    pairs = [sql.SQL("{}, {}").format(sql.Literal(m.name), sql.Identifier(m.name)) for m in kind.metrics]
-    calls = [
-        sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs[i : i + _JSONB_PAIRS_PER_CALL]))
-        for i in range(0, len(pairs), _JSONB_PAIRS_PER_CALL)
-    ]
-    return sql.SQL("jsonb_strip_nulls({})").format(sql.SQL(" || ").join(calls))
-
-
-def _kind_statements(kind: Kind) -> _KindStatements:
-    stage = sql.Identifier(f"_stage_{kind.name}")
-    metric_ids = [sql.Identifier(m.name) for m in kind.metrics]
-    metric_list = sql.SQL(", ").join(metric_ids)
-    stage_columns = ["ord", "ts_ms", "device_id", "seq", "received_us", *kind.metric_names]
-    create_stage = sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS {stage} (ord integer, ts_ms bigint, device_id text, seq bigint,"
-        " received_us bigint, {metrics}) ON COMMIT DELETE ROWS"
-    ).format(
-        stage=stage,
-        metrics=sql.SQL(", ").join(sql.SQL("{} double precision").format(m) for m in metric_ids),
-    )
-    copy = sql.SQL("COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)").format(
-        stage=stage, columns=sql.SQL(", ").join(map(sql.Identifier, stage_columns))
-    )
-    time_expr = _epoch_plus("ts_ms", "1 millisecond")
-    received_expr = _epoch_plus("received_us", "1 microsecond")
-    # DISTINCT ON: a reading sent twice within one batch is stored once, the first received wins,
-    # as ON CONFLICT DO NOTHING does across batches.
-    insert = sql.SQL(
-        "INSERT INTO {table} (time, device_id, seq, received_at, {metrics})"
-        " SELECT DISTINCT ON (device_id, ts_ms) {time}, device_id, seq, {received}, {metrics}"
-        " FROM {stage} ORDER BY device_id, ts_ms, ord"
-        " ON CONFLICT (device_id, time) DO NOTHING"
-    ).format(
-        table=sql.Identifier(kind.table),
-        metrics=metric_list,
-        time=time_expr,
-        received=received_expr,
-        stage=stage,
-    )
-    # The newest device timestamp wins; a late, older reading only goes to history. A newer
-    # reading that carries only some metrics keeps the others from before (old || new).
-    latest = sql.SQL(
-        "INSERT INTO latest_reading (device_id, kind, time, seq, metrics, received_at)"
-        " SELECT DISTINCT ON (device_id) device_id, {kind}, {time}, seq, {jsonb}, {received}"
-        " FROM {stage} ORDER BY device_id, ts_ms DESC, ord"
-        " ON CONFLICT (device_id) DO UPDATE SET kind = EXCLUDED.kind, time = EXCLUDED.time,"
-        " seq = EXCLUDED.seq, metrics = latest_reading.metrics || EXCLUDED.metrics,"
-        " received_at = EXCLUDED.received_at"
-        " WHERE EXCLUDED.time > latest_reading.time"
-    ).format(
-        kind=sql.Literal(kind.name),
-        time=time_expr,
-        jsonb=_metrics_jsonb(kind),
-        received=received_expr,
-        stage=stage,
-    )
-    types = ("int4", "int8", "text", "int8", "int8", *("float8" for _ in kind.metrics))
-    return _KindStatements(create_stage, copy, types, insert, latest)
-
-
-_STATEMENTS: dict[str, _KindStatements] = {kind.name: _kind_statements(kind) for kind in KINDS}
 _DEAD_LETTER_TYPES = ("timestamptz", "text", "text", "text", "text", "bytea")
 
 
 class ReadingStore:
     """One database connection that writes batches; reconnect with :meth:`connect` after an outage."""
 
-    def __init__(self, db: DatabaseSettings, cache: DeviceCache, *, auto_register: bool) -> None:
+    def __init__(
+        self,
+        db: DatabaseSettings,
+        cache: DeviceCache,
+        *,
+        auto_register: bool,
+        engine: AlertEngine | None = None,
+    ) -> None:
         self._db = db
         self._cache = cache
         self._auto_register = auto_register
+        self._engine = engine
         self._conn: psycopg.Connection | None = None
+        self.retention_s: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -157,12 +98,30 @@ class ReadingStore:
         )
         try:
             self._ensure_schema(conn)
-            for statements in _STATEMENTS.values():
+            for statements in STATEMENTS.values():
                 conn.execute(statements.create_stage)
+            conn.execute(CREATE_DEVICE_STAGE)
+            self.retention_s = self._retention_s(conn)
+            if self._engine is not None:
+                # The table is the record: after a restart or an outage, start from what it says.
+                opened = load_open_alerts(conn, self._engine)
+                windows = load_windows(conn, self._engine)
+                log.info("alert state loaded open_alerts=%d window_readings=%d", opened, windows)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    def _retention_s(self, conn: psycopg.Connection) -> float | None:
+        if not self._db.retention:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT extract(epoch FROM %s::interval)::float8", (self._db.retention,)
+            ).fetchone()
+        except psycopg.errors.DataError as exc:
+            raise IngestError(f"database.retention {self._db.retention!r} is not an interval") from exc
+        return float(row[0]) if row else None
 
     def _ensure_schema(self, conn: psycopg.Connection) -> None:
         row = conn.execute(
@@ -198,54 +157,54 @@ class ReadingStore:
         return self._conn
 
     def write(self, batch: list[Decoded]) -> BatchOutcome:
-        """Store a batch in one transaction: readings, latest values, registry, dead letters."""
+        """Store a batch in one transaction: readings, latest values, registry, quality counters,
+        alerts, dead letters."""
         conn = self._connection()
         outcome = BatchOutcome()
+        plan = Plan()
         with conn.transaction():
             resolution = resolve_devices(conn, batch, self._cache, auto_register=self._auto_register)
             outcome.registered = resolution.registered
-            rows_by_kind: dict[str, list[tuple[Any, ...]]] = {}
-            letters: list[DeadLetter] = []
-            order = 0
-            for decoded in batch:
-                letters.extend(decoded.dead_letters)
-                if not decoded.rows or decoded.topic is None:
-                    continue
-                topic = decoded.topic
-                names = KIND_BY_NAME[topic.kind].metric_names
-                received_us = int(decoded.message.received_at * 1_000_000)
-                target = rows_by_kind.setdefault(topic.kind, [])
-                for row in decoded.rows:
-                    values = row.values
-                    target.append(
-                        (
-                            order,
-                            row.ts_ms,
-                            topic.device_id,
-                            row.seq,
-                            received_us,
-                            *[values.get(n) for n in names],
-                        )
-                    )
-                    order += 1
+            devices = lock_devices(conn, batch)
+            staged = stage_batch(batch)
             with conn.cursor() as cur:
-                for kind_name, rows in rows_by_kind.items():
-                    statements = _STATEMENTS[kind_name]
+                for kind_name, kind_rows in staged.items():
+                    statements = STATEMENTS[kind_name]
                     with cur.copy(statements.copy) as copy:
                         copy.set_types(list(statements.types))
-                        for staged in rows:
-                            copy.write_row(staged)
+                        for row in kind_rows.rows:
+                            copy.write_row(row)
                     cur.execute(statements.insert)
-                    inserted = max(cur.rowcount, 0)
+                    kind_rows.mark_duplicates(ord_ for (ord_,) in cur.fetchall())
                     cur.execute(statements.latest)
-                    outcome.stored[kind_name] += inserted
-                    outcome.duplicates[kind_name] += len(rows) - inserted
+                    stored = kind_rows.stored
+                    outcome.stored[kind_name] += stored
+                    outcome.duplicates[kind_name] += len(kind_rows.rows) - stored
             outcome.statuses_applied, outcome.statuses_stale = apply_statuses(conn, batch)
+            outcome.quality = account(devices, batch, staged.values())
+            write_devices(conn, devices)
+            if self._engine is not None:
+                plan = self._engine.evaluate(list(staged.values()))
+                if plan:
+                    outcome.alerts = apply_plan(conn, self._engine, plan)
+            letters: list[DeadLetter] = [letter for decoded in batch for letter in decoded.dead_letters]
             self._copy_dead_letters(conn, letters)
             outcome.dead_letters.update(letter.reason for letter in letters)
-        # Only facts that are now committed may enter the cache.
+        # Only facts that are now committed may enter the caches.
         self._cache.learn(resolution.learned)
+        if self._engine is not None and plan:
+            self._engine.commit(plan)
+        if staged:
+            outcome.stored_ts_ms = np.concatenate(
+                [k.ts_ms()[~np.array(k.duplicate, dtype=bool)] for k in staged.values()]
+            )
         return outcome
+
+    def check_silence(self, rules: RuleSet, silent_after_intervals: float) -> SilenceReport:
+        """Count silent devices and open/close silence alerts, in a transaction of its own."""
+        conn = self._connection()
+        with conn.transaction():
+            return check_silence(conn, rules, silent_after_intervals)
 
     def write_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Store dead letters alone, in their own transaction."""

@@ -20,6 +20,8 @@ import psycopg
 
 from cityneuron.contract import now_ms
 from cityneuron.settings import IngestSettings
+from ingest.alerts.engine import Transition, log_transitions
+from ingest.alerts.rules import RuleSet
 from ingest.decode import STORE_FAILED, Decoded, Limits, Message, decode_message
 from ingest.errors import IngestError
 from ingest.observability import IngestMetrics
@@ -31,6 +33,8 @@ _RETRY_FIRST_DELAY_S = 0.1
 _GET_POLL_S = 0.2
 # Check an idle connection this often, so /ready reports a database that went away.
 _IDLE_PING_S = 5.0
+# Under sustained full batches the silence check is put off at most this many intervals.
+_MAX_SILENCE_DEFERRALS = 10
 
 
 def backoff_delay(attempt: int, cap_s: float) -> float:
@@ -69,11 +73,20 @@ class BatchWriter:
         store: ReadingStore,
         ack: Callable[[Iterable[Message]], int],
         metrics: IngestMetrics,
+        rules: RuleSet | None = None,
+        publish: Callable[[list[Transition]], None] | None = None,
     ) -> None:
         self._inbox = inbox
         self._store = store
         self._ack = ack
         self._metrics = metrics
+        self._rules = rules
+        self._publish = publish
+        self._ingest = ingest
+        # Not at once: right after a start the broker may still hold a backlog of queued readings.
+        self._next_silence_check = time.monotonic() + ingest.silent_check_interval_s
+        self._catching_up = False
+        self._silence_deferrals = 0
         self._limits = Limits.from_settings(ingest)
         self._batch_max = effective_batch_size(ingest)
         self._flush_interval_s = ingest.flush_interval_ms / 1000
@@ -103,12 +116,16 @@ class BatchWriter:
                 return
             while not self._abort.is_set():
                 batch = self._collect()
+                # A full batch means messages are waiting: a backlog, not a quiet city.
+                self._catching_up = len(batch) >= self._batch_max
                 if batch:
                     self._process(batch)
                 elif self._draining.is_set():
                     return
                 elif time.monotonic() - self._last_db_use > _IDLE_PING_S:
                     self._ping()
+                if time.monotonic() >= self._next_silence_check and not self._draining.is_set():
+                    self._check_silence()
         except BaseException as exc:
             # Not bad input (that never raises): a broken database or a bug. Stop the service.
             log.exception("ingest writer stopped")
@@ -175,7 +192,10 @@ class BatchWriter:
         self._metrics.commit_seconds.observe(seconds)
         self._metrics.batch_size.observe(len(batch))
         self._metrics.count_outcome(outcome)
+        if len(outcome.stored_ts_ms):
+            self._metrics.lag_seconds.observe_many((now_ms() - outcome.stored_ts_ms) / 1000.0)
         acked = self._ack(decoded.message for decoded in batch)
+        self._announce(outcome.alerts)
         log.debug(
             "batch committed messages=%d acked=%d stored=%d duplicates=%d dead_letters=%d seconds=%.4f",
             len(batch),
@@ -230,6 +250,34 @@ class BatchWriter:
         self._ack([decoded.message])
         return True
 
+    # --- alerts and liveness ----------------------------------------------------------------------
+
+    def _announce(self, transitions: list[Transition]) -> None:
+        """Log and publish committed alert transitions (the table already holds them)."""
+        log_transitions(transitions)
+        if transitions and self._publish is not None:
+            self._publish(transitions)
+
+    def _check_silence(self) -> None:
+        self._next_silence_check = time.monotonic() + self._ingest.silent_check_interval_s
+        if self._catching_up and self._silence_deferrals < _MAX_SILENCE_DEFERRALS:
+            # Devices whose readings wait in the backlog are not silent: look again later.
+            self._silence_deferrals += 1
+            return
+        self._silence_deferrals = 0
+        if self._rules is None or not self._store.connected:
+            return
+        try:
+            report = self._store.check_silence(self._rules, self._ingest.silent_after_intervals)
+        except psycopg.OperationalError as exc:
+            self._outage(exc, 0, 0)
+            return
+        self._last_db_use = time.monotonic()
+        for kind, n in report.silent_by_kind.items():
+            self._metrics.devices_silent.labels(kind).set(n)
+        self._metrics.count_alerts(report.transitions)
+        self._announce(report.transitions)
+
     # --- the connection -----------------------------------------------------------------------------
 
     def _connect(self) -> bool:
@@ -245,6 +293,7 @@ class BatchWriter:
                 continue
             self._db_ok = True
             self._last_db_use = time.monotonic()
+            self._limits = Limits.from_settings(self._ingest, self._store.retention_s)
             if attempt:
                 log.info("database connection restored after %d attempts", attempt)
             return True

@@ -193,7 +193,8 @@ def test_partly_bad_reading_keeps_its_good_metrics(
     settings: Settings, broker: MosquittoBroker, service: IngestService
 ) -> None:
     metrics = {"lamp_level": 30.0, "noise_dba": 999.0, "bogus": 1.0, "pm25": "high"}
-    payload = orjson.dumps({"ts": now_ms(), "m": metrics})
+    ts = now_ms()
+    payload = orjson.dumps({"ts": ts, "seq": 4, "m": metrics})
     _publish(broker, (POLE, payload))
     _await_count(settings, "SELECT count(*) FROM dead_letter", 3)
     assert _rows(settings, "SELECT lamp_level, noise_dba, pm25 FROM reading_smart_pole") == [
@@ -205,7 +206,12 @@ def test_partly_bad_reading_keeps_its_good_metrics(
         ("unknown_metric", "pole-1"),
         ("wrong_type", "pole-1"),
     ]
-    assert all(bytes(p) == payload for _, _, p in letters)
+    # Each dead letter holds exactly the refused part: stored row + dead letters = the message.
+    assert [orjson.loads(bytes(p)) for _, _, p in letters] == [
+        {"ts": ts, "seq": 4, "m": {"noise_dba": 999.0}},
+        {"ts": ts, "seq": 4, "m": {"bogus": 1.0}},
+        {"ts": ts, "seq": 4, "m": {"pm25": "high"}},
+    ]
 
 
 # Each case: topic, payload, the dead-letter reason it must produce.
@@ -214,8 +220,13 @@ _BAD_MESSAGES: list[tuple[str, bytes, str]] = [
     ("city/atlantis/smart_pole/pole-9/telemetry", encode_reading(0, {}), "unknown_district"),
     ("city/futian/toaster/pole-9/telemetry", encode_reading(0, {}), "unknown_kind"),
     (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": 1', "malformed_json"),
-    # orjson refuses numbers that overflow a double, so a non-finite value arrives as bad JSON.
-    (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": 1e999}}', "malformed_json"),
+    # orjson refuses NaN, Infinity and numbers that overflow a double: told apart from bad JSON.
+    (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": 1e999}}', "non_finite"),
+    (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": NaN}}', "non_finite"),
+    (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": -Infinity}}', "non_finite"),
+    (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": NaN', "malformed_json"),
+    (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": "1"}}', "wrong_type"),
+    (POLE, b'{"ts": 1700000000000, "seq": "7", "m": {"lamp_level": 1}}', "bad_seq"),
     (POLE, b'"just a string"', "bad_shape"),
     (POLE, b'{"ts": 1700000000000, "m": [1, 2]}', "bad_shape"),
     (POLE, b'{"ts": "yesterday", "m": {"lamp_level": 1}}', "bad_timestamp"),
@@ -226,6 +237,8 @@ _BAD_MESSAGES: list[tuple[str, bytes, str]] = [
     (POLE, b'{"ts": 1700000000000, "m": {"lamp_level": 101}}', "out_of_range"),
     (POLE, b'{"ts": 1700000000000, "m": {"warp_factor": 9}}', "unknown_metric"),
     ("city/futian/smart_pole/pole-1/status", b'{"online": "yes"}', "bad_shape"),
+    ("city/futian/smart_pole/pole-1/status", b'{"online": true, "device": {"lat": NaN}}', "non_finite"),
+    ("city/futian/smart_pole/pole-1/status", b'{"online": true, "device": {"lat": "north"}}', "wrong_type"),
 ]
 
 
