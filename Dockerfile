@@ -11,6 +11,7 @@ COPY ingest ./ingest
 COPY api ./api
 COPY broker ./broker
 COPY scripts/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+# uid 10001 is fixed: compose's `provision` service hands the broker secrets to this user.
 RUN pip install . \
     && useradd --system --uid 10001 --no-create-home cityneuron \
     && chmod 0755 /usr/local/bin/docker-entrypoint.sh

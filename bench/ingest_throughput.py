@@ -279,7 +279,7 @@ class Bench:
     @contextlib.contextmanager
     def broker(self, label: str) -> Iterator[tuple[MosquittoBroker, int | None]]:
         """A fresh Mosquitto (no session or queue left from another stage) and its pid."""
-        with MosquittoBroker(self.root / f"mosquitto-{label}", free_port()) as broker:
+        with MosquittoBroker(self.root / f"mosquitto-{label}", free_port(), anonymous=True) as broker:
             yield broker, pid_with_argument(str(broker.data_dir / "mosquitto.conf"))
 
     def _postgres_cpu_s(self) -> float:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Create the secrets docker compose reads (once; never committed: secrets/ is git-ignored).
+# Broker credentials (device key, service passwords, CA) are not made here: the compose
+# `provision` service writes them into volumes on first start (docs/security.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p secrets

@@ -92,8 +92,10 @@ def any_database(request: pytest.FixtureRequest) -> DatabaseSettings:
 
 @pytest.fixture
 def broker() -> Iterator[MosquittoBroker]:
+    """An anonymous broker for tests that do not exercise authentication (the shipped
+    configurations never allow anonymous clients: tests/test_security_broker.py)."""
     root = _scratch_dir("cityneuron-mq-")
-    with MosquittoBroker(root / "mosquitto", free_port()) as server:
+    with MosquittoBroker(root / "mosquitto", free_port(), anonymous=True) as server:
         yield server
     shutil.rmtree(root, ignore_errors=True)
 
