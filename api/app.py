@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
+from api.auth import install_security
 from api.db import build_pool, pooled_connection
 from api.errors import ApiError, install_error_handlers
-from api.routers import aggregates, city, devices, health, readings
+from api.live.acks import AckRecorder
+from api.live.broker import BrokerLink
+from api.metrics import install_metrics
+from api.routers import (
+    admin,
+    aggregates,
+    alerts,
+    city,
+    commands,
+    devices,
+    health,
+    overview,
+    readings,
+    streams,
+)
 from api.state import ApiState
 from cityneuron import __version__
 from cityneuron.settings import Settings
@@ -33,6 +48,11 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         await pool.open(wait=False)
         state = ApiState(settings=settings, pool=pool)
         app.state.api = state
+        # The broker link connects in the background: a broker that is down delays only the
+        # streams and commands, which answer 503 or "disconnected" until it is back.
+        acks = AckRecorder(pool, settings.database.connect_timeout_s)
+        state.broker = BrokerLink(settings.mqtt, state.hub, acks)
+        state.broker.start(asyncio.get_running_loop())
         try:
             async with pooled_connection(pool, settings.database.connect_timeout_s) as conn:
                 await state.database_features(conn)
@@ -41,6 +61,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         try:
             yield
         finally:
+            await asyncio.to_thread(state.broker.stop)
+            await acks.drain()
             await pool.close()
 
     return lifespan
@@ -55,13 +77,10 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     install_error_handlers(app)
-    if settings.api.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.api.cors_origins,
-            allow_methods=["GET"],
-            allow_headers=["*"],
-        )
-    for module in (health, devices, readings, aggregates, city):
+    # API keys, rate limits, body size limit and the CORS allow-list (see api/auth.py).
+    install_security(app, settings.api)
+    # Outermost middleware: counts and times every answer, refusals included.
+    install_metrics(app)
+    for module in (health, devices, readings, aggregates, city, overview, admin, alerts, commands, streams):
         app.include_router(module.router)
     return app

@@ -86,7 +86,8 @@ class TimeWindow:
     end: datetime
 
 
-def _instant(name: str, value: str) -> datetime:
+def parse_time(name: str, value: str) -> datetime:
+    """Query parameter ``name`` as an aware UTC instant; BadRequest naming it when invalid."""
     try:
         return parse_instant(value)
     except ValueError as exc:
@@ -110,8 +111,8 @@ def _time_window(
         ),
     ] = None,
 ) -> TimeWindow:
-    end = _instant("to", to) if to is not None else datetime.now(tz=UTC)
-    start = _instant("from", from_) if from_ is not None else end - DEFAULT_WINDOW
+    end = parse_time("to", to) if to is not None else datetime.now(tz=UTC)
+    start = parse_time("from", from_) if from_ is not None else end - DEFAULT_WINDOW
     if start >= end:
         raise BadRequest("from must be earlier than to", code="invalid_time")
     return TimeWindow(start, end)

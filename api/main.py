@@ -22,4 +22,6 @@ def run(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         # The CLI configures logging; uvicorn must not replace it.
         log_config=None,
+        # Open SSE streams would otherwise hold a shutdown until every client leaves.
+        timeout_graceful_shutdown=5,
     )

@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Agg = Literal["avg", "min", "max", "count", "sum"]
+Agg = Literal["avg", "min", "max", "count", "sum", "p50", "p90", "p95", "p99"]
 GroupBy = Literal["district", "device"]
+Fill = Literal["none", "null", "previous", "zero"]
+Status = Literal["online", "offline", "silent", "unknown"]
 
 _T0 = "2026-03-01T08:00:00Z"
 
@@ -28,24 +30,23 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+_DEVICE_EXAMPLE: dict[str, Any] = {
+    "device_id": "aq-futian-001",
+    "kind": "air_station",
+    "district": "futian",
+    "lat": 22.541,
+    "lon": 114.055,
+    "installed": "2024-05-01",
+    "online": True,
+    "status_changed_at": _T0,
+    "last_seen": _T0,
+    "status": "online",
+}
+
+
 class Device(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "device_id": "aq-futian-001",
-                    "kind": "air_station",
-                    "district": "futian",
-                    "lat": 22.541,
-                    "lon": 114.055,
-                    "installed": "2024-05-01",
-                    "online": True,
-                    "status_changed_at": _T0,
-                    "last_seen": _T0,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_DEVICE_EXAMPLE]})
+
     device_id: str
     kind: str
     district: str
@@ -54,16 +55,53 @@ class Device(BaseModel):
     installed: date | None
     online: bool | None = Field(description="last status reported by the device; null if never reported")
     status_changed_at: datetime | None
-    last_seen: datetime | None = Field(description="when the latest reading was received")
+    last_seen: datetime | None = Field(description="when the ingest last received a message from it")
+    status: Status = Field(
+        description="offline: the device said so; unknown: never heard from; silent: nothing for"
+        " ingest.silent_after_intervals times its kind's reporting interval; online otherwise"
+    )
+
+
+class DataQuality(BaseModel):
+    messages: int = Field(description="readings received from the device")
+    seq_max: int | None = Field(description="highest sequence number seen")
+    seq_gaps: int = Field(description="sequence numbers skipped (lost messages)")
+    seq_duplicates: int = Field(description="sequence numbers received more than once")
+    seq_reordered: int = Field(description="readings that arrived after a later one")
 
 
 class DeviceDetail(Device):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_DEVICE_EXAMPLE,
+                    "silent_after_s": 180.0,
+                    "registered_at": _T0,
+                    "auto_registered": False,
+                    "meta": {},
+                    "quality": {
+                        "messages": 1440,
+                        "seq_max": 1441,
+                        "seq_gaps": 2,
+                        "seq_duplicates": 1,
+                        "seq_reordered": 0,
+                    },
+                }
+            ]
+        }
+    )
+    silent_after_s: float | None = Field(description="quiet time after which the device counts as silent")
     registered_at: datetime
     auto_registered: bool = Field(description="registered by ingest on its first reading")
     meta: dict[str, Any]
+    quality: DataQuality
 
 
 class DevicePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_DEVICE_EXAMPLE], "next_cursor": "ZDphcS1mdXRpYW4tMDAx"}]}
+    )
     items: list[Device]
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 
@@ -97,6 +135,41 @@ class LatestReading(BaseModel):
     received_at: datetime
     seq: int | None
     metrics: dict[str, MetricValue]
+
+
+class LatestPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "smart_pole",
+                    "district": "futian",
+                    "since": None,
+                    "next_since": "2026-03-01T07:59:55Z",
+                    "devices": 120,
+                    "items": [
+                        {
+                            "device_id": "pole-futian-001",
+                            "kind": "smart_pole",
+                            "time": _T0,
+                            "received_at": "2026-03-01T08:00:00.400000Z",
+                            "seq": 7,
+                            "metrics": {"lamp_level": {"value": 80.0, "unit": "%"}},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    kind: str
+    district: str | None
+    since: datetime | None = Field(description="the since asked for; null for a full snapshot")
+    next_since: datetime = Field(
+        description="pass as since on the next poll; it trails the server clock by a safety margin, so"
+        " a poll may repeat a device already seen (treat items as upserts), never miss one"
+    )
+    devices: int = Field(description="devices of the filter that have a latest reading (changed or not)")
+    items: list[LatestReading] = Field(description="latest reading of each device changed since `since`")
 
 
 class Reading(BaseModel):
@@ -162,6 +235,7 @@ class AggregateResponse(BaseModel):
                     "district": None,
                     "device_id": None,
                     "group_by": "district",
+                    "fill": "none",
                     "source": "reading_air_station_1h",
                     "series": [
                         {"group": "futian", "points": [{"time": _T0, "value": 18.2, "count": 12}]},
@@ -181,8 +255,11 @@ class AggregateResponse(BaseModel):
     district: str | None
     device_id: str | None
     group_by: GroupBy | None
+    fill: Fill = Field(description="how empty buckets are given: none leaves them out")
     source: str = Field(description="table read: the raw readings table or a continuous aggregate")
-    series: list[AggregateSeries] = Field(description="one series per group; empty buckets are left out")
+    series: list[AggregateSeries] = Field(
+        description="one series per group that has data; without fill, empty buckets are left out"
+    )
 
 
 class BrokerHealth(BaseModel):

@@ -256,3 +256,147 @@ class RainResponse(BaseModel):
     standard: str
     method: str
     items: list[DistrictRain]
+
+
+# --- district summary and city overview ---------------------------------------------------------
+
+
+class DeviceStateCounts(BaseModel):
+    total: int
+    online: int
+    offline: int = Field(description="the device said so (status message or last will)")
+    silent: int = Field(description="claims to be up but quiet for silent_after_intervals x its interval")
+    unknown: int = Field(description="registered, nothing received yet")
+
+
+class KindDeviceCounts(DeviceStateCounts):
+    kind: str
+    title: str
+
+
+class KeyMetricOut(BaseModel):
+    kind: str
+    metric: str
+    description: str
+    unit: str = Field(description="catalog unit")
+    mean: float | None = Field(description="mean of the devices' latest values; null when none reported")
+    min: float | None
+    max: float | None
+    devices: int = Field(description="devices whose latest value counted")
+
+
+class AqiBrief(BaseModel):
+    standard: AqiStandardName
+    aqi: int | None
+    level: int | None
+    category_zh: str | None
+    category_en: str | None
+    colour: str | None
+    primary_pollutants: list[str]
+    stations: int
+    stations_reporting: int
+
+
+class RainBrief(BaseModel):
+    unit: Literal["mm"] = "mm"
+    rain_1h_mm: float | None = Field(description="max over the district's hydrology stations")
+    rain_24h_mm: float | None
+    last_hour_category: RainCategoryOut | None
+    warning: WarningLevel | None
+    warning_zh: str | None
+
+
+class AlertCounts(BaseModel):
+    active: int = Field(description="open alerts")
+    by_severity: dict[str, int]
+
+
+class DistrictSummary(BaseModel):
+    district: str
+    name: str
+    population: int = Field(description="2020 census")
+    devices: DeviceStateCounts
+    devices_by_kind: list[KindDeviceCounts] = Field(description="every catalog kind, in catalog order")
+    key_metrics: list[KeyMetricOut]
+    aqi: AqiBrief = Field(description="real-time (hourly) AQI, as /city/aqi/districts")
+    rain: RainBrief = Field(description="as /city/rain/districts")
+    alerts: AlertCounts
+
+
+_COUNTS: dict[str, Any] = {"total": 120, "online": 110, "offline": 3, "silent": 5, "unknown": 2}
+_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "district": "futian",
+    "name": "福田区",
+    "population": 1553000,
+    "devices": _COUNTS,
+    "devices_by_kind": [
+        {**_COUNTS, "kind": "smart_pole", "title": "Multi-function smart pole (多功能智能杆)"}
+    ],
+    "key_metrics": [
+        {
+            "kind": "air_station",
+            "metric": "pm25",
+            "description": "PM2.5 mass concentration",
+            "unit": "ug/m3",
+            "mean": 18.2,
+            "min": 12.0,
+            "max": 25.1,
+            "devices": 3,
+        }
+    ],
+    "aqi": {
+        "standard": "HJ633-2026",
+        "aqi": 42,
+        "level": 1,
+        "category_zh": "优",
+        "category_en": "Excellent",
+        "colour": "#00E400",
+        "primary_pollutants": [],
+        "stations": 3,
+        "stations_reporting": 3,
+    },
+    "rain": {
+        "unit": "mm",
+        "rain_1h_mm": 0.0,
+        "rain_24h_mm": 3.5,
+        "last_hour_category": {"key": "none", "name_zh": "无降水", "name_en": "no rain"},
+        "warning": "none",
+        "warning_zh": None,
+    },
+    "alerts": {"active": 2, "by_severity": {"warning": 2}},
+}
+
+
+class DistrictSummaryResponse(DistrictSummary):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"at": _T0, "method": "...", **_SUMMARY_EXAMPLE}]}
+    )
+    at: datetime = Field(description="when the summary was computed")
+    method: str
+
+
+class CityOverviewResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "at": _T0,
+                    "method": "...",
+                    "population": 17491000,
+                    "devices": _COUNTS,
+                    "devices_by_kind": _SUMMARY_EXAMPLE["devices_by_kind"],
+                    "key_metrics": _SUMMARY_EXAMPLE["key_metrics"],
+                    "alerts": _SUMMARY_EXAMPLE["alerts"],
+                    "districts": [_SUMMARY_EXAMPLE],
+                }
+            ]
+        }
+    )
+    at: datetime
+    method: str
+    population: int
+    devices: DeviceStateCounts
+    devices_by_kind: list[KindDeviceCounts]
+    key_metrics: list[KeyMetricOut] = Field(description="over all the city's devices (not a mean of means)")
+    alerts: AlertCounts
+    districts: list[DistrictSummary] = Field(description="every district, in catalog order")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from psycopg_pool import AsyncConnectionPool
 
 from api.db import AsyncConn
+from api.live.broker import BrokerLink
+from api.live.hub import Hub
 from api.queries.meta import DatabaseFeatures, load_features
 from cityneuron.settings import Settings
 
@@ -19,6 +21,10 @@ class ApiState:
     settings: Settings
     pool: AsyncConnectionPool[AsyncConn]
     features: DatabaseFeatures | None = field(default=None)
+    # Live streams fan out from the hub; the broker link feeds it and publishes commands
+    # (None until the lifespan starts it).
+    hub: Hub = field(default_factory=Hub)
+    broker: BrokerLink | None = field(default=None)
 
     async def database_features(self, conn: AsyncConn) -> DatabaseFeatures:
         """TimescaleDB and continuous aggregates: detected once (at startup, or on the first

@@ -81,6 +81,11 @@ def _add_latest(
         " VALUES (%s, %s, %s, %s, %s, %s)",
         (device_id, kind, at, seq, Jsonb(metrics), at + timedelta(seconds=2)),
     )
+    # What the ingest keeps in the registry alongside.
+    conn.execute(
+        "UPDATE devices SET last_seen_at = %s, messages = messages + 1 WHERE device_id = %s",
+        (at + timedelta(seconds=2), device_id),
+    )
 
 
 # (device_id, district, time, pm25 or None)
@@ -109,13 +114,54 @@ def _seed_air(url: str, days: int = 2) -> list[Row]:
     return rows
 
 
+def _percentile(fraction: float) -> Callable[[list[float]], float]:
+    """PostgreSQL's percentile_cont: linear interpolation between the closest ranks."""
+
+    def compute(values: list[float]) -> float:
+        ordered = sorted(values)
+        position = fraction * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return compute
+
+
 _PY_AGG: dict[str, Callable[[list[float]], float]] = {
     "avg": statistics.fmean,
     "min": min,
     "max": max,
     "sum": sum,
     "count": len,
+    "p50": _percentile(0.5),
+    "p90": _percentile(0.9),
+    "p95": _percentile(0.95),
+    "p99": _percentile(0.99),
 }
+
+Points = dict[tuple[str | None, datetime], tuple[float | None, int]]
+
+
+def _filled(
+    want: Points, *, bucket: timedelta, start: datetime, end: datetime, fill: str, grouped: bool
+) -> Points:
+    """``want`` with every bucket of [start, end) for each group with data (the one series always)."""
+    groups = sorted({g for g, _ in want}) if grouped else [None]
+    first = ORIGIN + ((start - ORIGIN) // bucket) * bucket
+    out: Points = {}
+    for group in groups:
+        previous: float | None = None
+        at = first
+        while at < end:
+            value, count = want.get((group, at), (None, 0))
+            if value is None and fill == "zero":
+                value = 0
+            elif value is None and fill == "previous":
+                value = previous
+            out[(group, at)] = (value, count)
+            previous = value if count else previous
+            at += bucket
+    return out
 
 
 def _expected(
@@ -128,7 +174,7 @@ def _expected(
     district: str | None = None,
     device_id: str | None = None,
     group_by: str | None = None,
-) -> dict[tuple[str | None, datetime], tuple[float, int]]:
+) -> Points:
     groups: dict[tuple[str | None, datetime], list[float]] = defaultdict(list)
     for dev, dist, at, value in rows:
         if value is None or not start <= at < end:
@@ -141,8 +187,8 @@ def _expected(
     return {key: (_PY_AGG[agg](values), len(values)) for key, values in groups.items()}
 
 
-def _points(body: dict[str, Any]) -> dict[tuple[str | None, datetime], tuple[float, int]]:
-    out: dict[tuple[str | None, datetime], tuple[float, int]] = {}
+def _points(body: dict[str, Any]) -> Points:
+    out: Points = {}
     for series in body["series"]:
         times = [p["time"] for p in series["points"]]
         assert times == sorted(times), "buckets must come in time order"
@@ -151,14 +197,14 @@ def _points(body: dict[str, Any]) -> dict[tuple[str | None, datetime], tuple[flo
     return out
 
 
-def _assert_same(
-    got: dict[tuple[str | None, datetime], tuple[float, int]],
-    want: dict[tuple[str | None, datetime], tuple[float, int]],
-) -> None:
+def _assert_same(got: Points, want: Points) -> None:
     assert got.keys() == want.keys()
     for key, (value, count) in want.items():
         assert got[key][1] == count, key
-        assert got[key][0] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+        if value is None:
+            assert got[key][0] is None, key
+        else:
+            assert got[key][0] == pytest.approx(value, rel=1e-9, abs=1e-9), key
 
 
 def _error(response: httpx.Response, status: int, code: str) -> str:
@@ -240,6 +286,8 @@ def registry(database: DatabaseSettings) -> list[dict[str, str]]:
                 device["district"],
                 online=i % 2 == 0,
                 status_changed_at=T0,
+                lon=113.9 + i * 0.01,
+                lat=22.5 + i * 0.005,
             )
             if i % 5 == 0:
                 _add_latest(conn, device["device_id"], device["kind"], T0 + timedelta(minutes=i), {}, i)
@@ -284,6 +332,22 @@ def test_devices_filters_and_pagination(client: httpx.Client, registry: list[dic
     default_page = client.get("/devices").json()
     assert len(default_page["items"]) == 5 and default_page["next_cursor"]
 
+    # Seen long ago (T0) and claiming to be up: silent; said it was down: offline; never seen: unknown.
+    by_id = {d["device_id"]: d for d in items}
+    assert by_id["dev-000"]["status"] == "silent" and by_id["dev-005"]["status"] == "offline"
+    assert by_id["dev-001"]["status"] == "offline" and by_id["dev-002"]["status"] == "unknown"
+    for status in ("silent", "offline", "unknown"):
+        got, _ = _walk(client, {"status": status, "limit": 3})
+        assert [d["device_id"] for d in got] == [d for d in by_id if by_id[d]["status"] == status]
+        assert got
+    assert client.get("/devices", params={"status": "online"}).json()["items"] == []
+
+    # Device i sits at (113.9 + 0.01 i, 22.5 + 0.005 i): this box holds devices 5..10, edges included.
+    got, _ = _walk(client, {"bbox": "113.95,22.525,114.0,22.56", "limit": 4})
+    assert [d["device_id"] for d in got] == [f"dev-{i:03d}" for i in range(5, 11)]
+    got, _ = _walk(client, {"bbox": "113.95,22.525,114.0,22.56", "kind": "air_station"})
+    assert [d["device_id"] for d in got] == ["dev-006", "dev-009"]
+
 
 def test_devices_bad_parameters(client: httpx.Client, registry: list[dict[str, str]]) -> None:
     assert "air_station" in _error(client.get("/devices", params={"kind": "lamp"}), 400, "unknown_kind")
@@ -295,6 +359,9 @@ def test_devices_bad_parameters(client: httpx.Client, registry: list[dict[str, s
     )
     assert "limit" in _error(client.get("/devices", params={"limit": 0}), 422, "invalid_parameter")
     _error(client.get("/devices", params={"cursor": "%%%"}), 400, "bad_cursor")
+    assert "status" in _error(client.get("/devices", params={"status": "asleep"}), 422, "invalid_parameter")
+    for bbox in ("1,2,3", "a,b,c,d", "114,22,113,23", "0,-91,1,0", "nan,0,1,1"):
+        assert "bbox" in _error(client.get("/devices", params={"bbox": bbox}), 400, "invalid_bbox")
 
 
 def test_device_detail_and_404(client: httpx.Client, database: DatabaseSettings) -> None:
@@ -309,6 +376,21 @@ def test_device_detail_and_404(client: httpx.Client, database: DatabaseSettings)
     assert body["installed"] == "2024-05-01"
     assert body["last_seen"] == "2025-06-01T00:00:02Z"
     assert body["auto_registered"] is False
+    assert body["status"] == "silent" and body["silent_after_s"] == 3 * KIND_BY_NAME["smart_pole"].interval_s
+    with psycopg.connect(database.url) as conn:
+        conn.execute(
+            "UPDATE devices SET last_seen_at = now(), messages = 100, seq_max = 104, seq_gaps = 3,"
+            " seq_duplicates = 2, seq_reordered = 1 WHERE device_id = 'pole-1'"
+        )
+    body = client.get("/devices/pole-1").json()
+    assert body["status"] == "online"
+    assert body["quality"] == {
+        "messages": 100,
+        "seq_max": 104,
+        "seq_gaps": 3,
+        "seq_duplicates": 2,
+        "seq_reordered": 1,
+    }
     assert "pole-2" in _error(client.get("/devices/pole-2"), 404, "device_not_found")
 
 
@@ -425,6 +507,21 @@ _CASES: tuple[dict[str, Any], ...] = (
     {"bucket": "45m", "agg": "avg", "district": "futian", "group_by": "device"},
     {"bucket": "5m", "agg": "avg", "device_id": "aq-n1"},
     {"bucket": "450s", "agg": "count", "device_id": "aq-b1"},
+    {"bucket": "1h", "agg": "p95", "district": "futian"},
+    {"bucket": "3h", "agg": "p50", "group_by": "district"},
+    {"bucket": "1d", "agg": "p99"},
+    {"bucket": "2h", "agg": "p90", "device_id": "aq-f2"},
+)
+
+# Gap filling: 5 min buckets over 10 min readings leave every other bucket empty, and the window
+# starts two hours before the first reading (T0) to give leading gaps.
+_FILL_CASES: tuple[dict[str, Any], ...] = (
+    {"bucket": "5m", "agg": "avg", "device_id": "aq-f1", "fill": "null"},
+    {"bucket": "5m", "agg": "max", "device_id": "aq-f1", "fill": "previous"},
+    {"bucket": "5m", "agg": "count", "district": "futian", "fill": "zero"},
+    {"bucket": "7m", "agg": "p95", "group_by": "district", "fill": "previous"},
+    {"bucket": "1h", "agg": "sum", "group_by": "device", "fill": "zero"},
+    {"bucket": "30m", "agg": "avg", "district": "luohu", "fill": "null"},
 )
 
 
@@ -435,6 +532,33 @@ def _query(case: dict[str, Any], start: datetime, end: datetime) -> dict[str, An
 def _bucket(text: str) -> timedelta:
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[text[-1]]
     return timedelta(**{unit: int(text[:-1])})
+
+
+def assert_fill_cases(client: httpx.Client, rows: list[Row], source: str) -> None:
+    start = T0 - timedelta(hours=2, minutes=3)
+    end = T0 + timedelta(hours=6)
+    for case in _FILL_CASES:
+        response = client.get("/aggregates", params=_query(case, start, end))
+        assert response.status_code == 200, (case, response.text)
+        body = response.json()
+        assert body["fill"] == case["fill"]
+        width = _bucket(case["bucket"])
+        want = _expected(
+            rows,
+            bucket=width,
+            agg=case["agg"],
+            start=start,
+            end=end,
+            district=case.get("district"),
+            device_id=case.get("device_id"),
+            group_by=case.get("group_by"),
+        )
+        full = _filled(
+            want, bucket=width, start=start, end=end, fill=case["fill"], grouped="group_by" in case
+        )
+        assert len(full) > len(want) or case.get("district") == "luohu", case
+        _assert_same(_points(body), full)
+        assert body["source"] == source or case["agg"].startswith("p")
 
 
 def test_aggregates_match_python(client: httpx.Client, database: DatabaseSettings) -> None:
@@ -461,6 +585,7 @@ def test_aggregates_match_python(client: httpx.Client, database: DatabaseSetting
         )
         assert want, case
         _assert_same(_points(body), want)
+    assert_fill_cases(client, rows, "reading_air_station")
     counts = client.get("/aggregates", params=_query({"bucket": "1d", "agg": "count"}, start, end)).json()
     assert isinstance(counts["series"][0]["points"][0]["value"], int)
 
@@ -506,24 +631,55 @@ def test_cors_and_openapi(client: httpx.Client) -> None:
     assert "access-control-allow-origin" not in other.headers
 
     spec = orjson.loads(client.get("/openapi.json").content)
-    assert set(spec["paths"]) == {
+    # Other views (city, alerts, commands, streams, admin) add their own paths.
+    assert {
         "/health",
+        "/metrics",
         "/devices",
         "/devices/{device_id}",
         "/devices/{device_id}/latest",
         "/devices/{device_id}/readings",
+        "/latest",
         "/aggregates",
-        "/city/aqi/stations",
-        "/city/aqi/districts",
-        "/city/water-quality/stations",
-        "/city/rain/districts",
-    }
+    } <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    for name in (
+        "AggregateResponse",
+        "LatestPage",
+        "DeviceDetail",
+        "DevicePage",
+        "ReadingPage",
+        "LatestReading",
+    ):
+        assert schemas[name].get("examples"), name
+    assert "304" in spec["paths"]["/latest"]["get"]["responses"]
+    params = {p["name"]: p for p in spec["paths"]["/aggregates"]["get"]["parameters"]}
+    assert {"p95", "p99"} <= set(params["agg"]["schema"]["enum"])
+    assert set(params["fill"]["schema"]["enum"]) == {"none", "null", "previous", "zero"}
+    assert params["from"]["schema"]["examples"]
     aggregates = spec["paths"]["/aggregates"]["get"]
     assert aggregates["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ErrorBody"
     )
-    assert "examples" in spec["components"]["schemas"]["AggregateResponse"]
     assert client.get("/docs").status_code == 200
+
+
+def test_prometheus_metrics_by_route_template(client: httpx.Client, database: DatabaseSettings) -> None:
+    with psycopg.connect(database.url) as conn:
+        _add_device(conn, "aq-1", "air_station", "futian")
+    for device_id in ("aq-1", "aq-2", "aq-3"):
+        client.get(f"/devices/{device_id}")
+    client.get("/no/such/path")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    template = 'route="/devices/{device_id}"'
+    assert f'cityneuron_api_requests_total{{method="GET",{template},status="200"}} 1.0' in text
+    assert f'cityneuron_api_requests_total{{method="GET",{template},status="404"}} 2.0' in text
+    assert 'route="<unmatched>",status="404"' in text
+    assert "aq-2" not in text, "raw paths must not become labels"
+    assert f'cityneuron_api_request_duration_seconds_count{{method="GET",{template}}} 3.0' in text
+    assert 'cityneuron_api_request_duration_seconds_bucket{le="0.01",method="GET",' + template in text
 
 
 # --- TimescaleDB continuous aggregates ----------------------------------------------------------
@@ -581,3 +737,42 @@ def test_continuous_aggregates_equal_raw(tsdb_database: DatabaseSettings, broker
         assert off_hour["source"] == "reading_air_station"
         minutes = client.get("/aggregates", params=_query({"bucket": "90m"}, start, end)).json()
         assert minutes["source"] == "reading_air_station"
+        # Percentiles cannot come from count/sum/min/max: always raw, and equal to Python's.
+        p95 = {"bucket": "1d", "agg": "p95", "group_by": "district"}
+        body = client.get("/aggregates", params=_query(p95, start, end)).json()
+        assert body["source"] == "reading_air_station"
+        want = _expected(rows, bucket=_bucket("1d"), agg="p95", start=start, end=end, group_by="district")
+        _assert_same(_points(body), want)
+        # Gap filling with time_bucket_gapfill (widths dividing two days) and generate_series (7m)
+        # gives what the plain-PostgreSQL test expects; over aligned windows, from the aggregates too.
+        assert_fill_cases(client, rows, "reading_air_station")
+        for case in (
+            {"bucket": "1h", "agg": "avg", "fill": "previous", "district": "futian"},
+            {"bucket": "1d", "agg": "sum", "fill": "zero", "group_by": "device"},
+        ):
+            wide_start, wide_end = start - timedelta(days=2), end + timedelta(days=1)
+            via_cagg = client.get("/aggregates", params=_query(case, wide_start, wide_end)).json()
+            via_raw = client.get(
+                "/aggregates", params={**_query(case, wide_start, wide_end), "source": "raw"}
+            ).json()
+            assert via_cagg["source"].startswith("reading_air_station_1"), case
+            width = _bucket(case["bucket"])
+            want = _expected(
+                rows,
+                bucket=width,
+                agg=case["agg"],
+                start=wide_start,
+                end=wide_end,
+                district=case.get("district"),
+                group_by=case.get("group_by"),
+            )
+            full = _filled(
+                want,
+                bucket=width,
+                start=wide_start,
+                end=wide_end,
+                fill=case["fill"],
+                grouped="group_by" in case,
+            )
+            _assert_same(_points(via_cagg), full)
+            _assert_same(_points(via_raw), full)

@@ -1,93 +1,116 @@
-"""Device registry queries: listing with keyset pagination, detail, latest reading."""
+"""Device registry queries: listing with filters and keyset pagination, detail with quality counters."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from api.db import AsyncConn
-from api.models import Device, DeviceDetail, LatestReading, MetricValue
+from api.models import DataQuality, Device, DeviceDetail, Status
+from api.queries.liveness import silent_after, status_sql
 from cityneuron.catalog import KIND_BY_NAME
 
 _DEVICE_COLUMNS = sql.SQL(
     "d.device_id, d.kind, d.district, d.lat, d.lon, d.installed, d.online, d.status_changed_at,"
-    " lr.received_at AS last_seen"
+    " d.last_seen_at AS last_seen"
 )
+_QUALITY_COLUMNS = ("messages", "seq_max", "seq_gaps", "seq_duplicates", "seq_reordered")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundingBox:
+    """WGS 84 box, degrees; min_lon <= lon <= max_lon and min_lat <= lat <= max_lat."""
+
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    kind: str | None = None
+    district: str | None = None
+    status: Status | None = None
+    bbox: BoundingBox | None = None
 
 
 async def list_devices(
-    conn: AsyncConn, *, kind: str | None, district: str | None, after: str | None, limit: int
+    conn: AsyncConn,
+    *,
+    where: DeviceFilter,
+    silent_after_intervals: float,
+    after: str | None,
+    limit: int,
 ) -> tuple[list[Device], bool]:
-    """Up to ``limit`` devices ordered by id after ``after``, and whether more follow."""
+    """Up to ``limit`` devices matching ``where``, ordered by id after ``after``, and whether more follow."""
+    status = status_sql(silent_after_intervals)
+    params: dict[str, Any] = dict(status.named_params)
     conditions: list[sql.Composable] = []
-    params: list[Any] = []
-    if kind is not None:
-        conditions.append(sql.SQL("d.kind = %s"))
-        params.append(kind)
-    if district is not None:
-        conditions.append(sql.SQL("d.district = %s"))
-        params.append(district)
+    if where.kind is not None:
+        conditions.append(sql.SQL("d.kind = %(kind)s"))
+        params["kind"] = where.kind
+    if where.district is not None:
+        conditions.append(sql.SQL("d.district = %(district)s"))
+        params["district"] = where.district
+    if where.status is not None:
+        conditions.append(sql.SQL("{} = %(status)s").format(status.sql))
+        params["status"] = where.status
+    if where.bbox is not None:
+        conditions.append(
+            sql.SQL("d.lon BETWEEN %(min_lon)s AND %(max_lon)s AND d.lat BETWEEN %(min_lat)s AND %(max_lat)s")
+        )
+        params.update(
+            min_lon=where.bbox.min_lon,
+            max_lon=where.bbox.max_lon,
+            min_lat=where.bbox.min_lat,
+            max_lat=where.bbox.max_lat,
+        )
     if after is not None:
-        conditions.append(sql.SQL("d.device_id > %s"))
-        params.append(after)
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+        conditions.append(sql.SQL("d.device_id > %(after)s"))
+        params["after"] = after
+    filters = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL(
-        "SELECT {columns} FROM devices d LEFT JOIN latest_reading lr ON lr.device_id = d.device_id"
-        "{where} ORDER BY d.device_id LIMIT %s"
-    ).format(columns=_DEVICE_COLUMNS, where=where)
+        "SELECT {columns}, {status} AS status FROM devices d{where} ORDER BY d.device_id LIMIT %(limit)s"
+    ).format(columns=_DEVICE_COLUMNS, status=status.sql, where=filters)
     # One extra row tells whether there is a next page without a count.
-    params.append(limit + 1)
+    params["limit"] = limit + 1
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         rows = await cur.fetchall()
     return [Device.model_validate(r) for r in rows[:limit]], len(rows) > limit
 
 
-async def get_device(conn: AsyncConn, device_id: str) -> DeviceDetail | None:
+async def get_device(
+    conn: AsyncConn, device_id: str, *, silent_after_intervals: float
+) -> DeviceDetail | None:
+    """Registry row, status and data-quality counters of one device."""
+    status = status_sql(silent_after_intervals)
     query = sql.SQL(
-        "SELECT {columns}, d.registered_at, d.auto_registered, d.meta"
-        " FROM devices d LEFT JOIN latest_reading lr ON lr.device_id = d.device_id"
-        " WHERE d.device_id = %s"
-    ).format(columns=_DEVICE_COLUMNS)
+        "SELECT {columns}, {status} AS status, d.registered_at, d.auto_registered, d.meta, {quality}"
+        " FROM devices d WHERE d.device_id = %(device_id)s"
+    ).format(
+        columns=_DEVICE_COLUMNS,
+        status=status.sql,
+        quality=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in _QUALITY_COLUMNS),
+    )
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, (device_id,))
+        await cur.execute(query, {**status.named_params, "device_id": device_id})
         row = await cur.fetchone()
-    return DeviceDetail.model_validate(row) if row is not None else None
+    if row is None:
+        return None
+    kind = KIND_BY_NAME.get(row["kind"])
+    row["quality"] = DataQuality.model_validate({c: row.pop(c) for c in _QUALITY_COLUMNS})
+    row["silent_after_s"] = (
+        silent_after(kind, silent_after_intervals).total_seconds() if kind is not None else None
+    )
+    return DeviceDetail.model_validate(row)
 
 
 async def device_kind(conn: AsyncConn, device_id: str) -> str | None:
     cur = await conn.execute("SELECT kind FROM devices WHERE device_id = %s", (device_id,))
     row = await cur.fetchone()
     return str(row[0]) if row is not None else None
-
-
-async def latest_reading(conn: AsyncConn, device_id: str) -> LatestReading | None:
-    """The device's latest reading with catalog units, metrics in catalog order."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT device_id, kind, time, received_at, seq, metrics FROM latest_reading WHERE device_id = %s",
-            (device_id,),
-        )
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    raw: dict[str, Any] = row["metrics"] or {}
-    kind = KIND_BY_NAME.get(row["kind"])
-    metrics: dict[str, MetricValue] = {}
-    if kind is not None:
-        for metric in kind.metrics:
-            if metric.name in raw:
-                metrics[metric.name] = MetricValue(value=raw[metric.name], unit=metric.unit)
-    for name, value in raw.items():
-        # A metric since removed from the catalog is still shown, without a unit.
-        metrics.setdefault(name, MetricValue(value=value, unit=None))
-    return LatestReading(
-        device_id=row["device_id"],
-        kind=row["kind"],
-        time=row["time"],
-        received_at=row["received_at"],
-        seq=row["seq"],
-        metrics=metrics,
-    )

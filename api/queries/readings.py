@@ -1,15 +1,20 @@
-"""Raw readings of one device from its kind's wide table, paged by time."""
+"""Readings: the raw history of one device (paged by time) and the latest reading of devices."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from api.db import AsyncConn
-from api.models import Reading
-from cityneuron.catalog import Kind, Metric
+from api.models import LatestReading, MetricValue, Reading
+from cityneuron.catalog import KIND_BY_NAME, Kind, Metric
+
+_LATEST_COLUMNS = sql.SQL("lr.device_id, lr.kind, lr.time, lr.received_at, lr.seq, lr.metrics")
 
 
 async def device_readings(
@@ -60,3 +65,90 @@ async def device_readings(
         for row in rows[:limit]
     ]
     return items, len(rows) > limit
+
+
+@dataclass(frozen=True, slots=True)
+class LatestState:
+    """A fingerprint of the latest readings of a filter, cheap to compute (no jsonb is read)."""
+
+    devices: int
+    received_sum_us: Decimal
+    seq_sum: Decimal
+    received_max: datetime | None
+    db_now: datetime
+
+    def fingerprint(self) -> str:
+        # Any upsert of latest_reading changes received_at (and usually seq): the sums move.
+        last = self.received_max.isoformat() if self.received_max else "-"
+        return f"{self.devices}:{self.received_sum_us}:{self.seq_sum}:{last}"
+
+
+def _latest_from(kind: str, district: str | None) -> tuple[sql.Composable, dict[str, Any]]:
+    params: dict[str, Any] = {"kind": kind}
+    join: sql.Composable = sql.SQL("")
+    if district is not None:
+        join = sql.SQL(" JOIN devices d ON d.device_id = lr.device_id AND d.district = %(district)s")
+        params["district"] = district
+    return sql.SQL("latest_reading lr{join} WHERE lr.kind = %(kind)s").format(join=join), params
+
+
+async def latest_state(conn: AsyncConn, *, kind: str, district: str | None) -> LatestState:
+    """Count and received_at/seq sums of the latest readings of ``kind`` (in ``district``)."""
+    source, params = _latest_from(kind, district)
+    query = sql.SQL(
+        "SELECT count(*), coalesce(sum((extract(epoch FROM lr.received_at) * 1000000)::bigint), 0),"
+        " coalesce(sum(lr.seq), 0), max(lr.received_at), statement_timestamp() FROM {source}"
+    ).format(source=source)
+    cur = await conn.execute(query, params)
+    row = await cur.fetchone()
+    assert row is not None
+    return LatestState(int(row[0]), Decimal(row[1]), Decimal(row[2]), row[3], row[4])
+
+
+async def latest_readings(
+    conn: AsyncConn, *, kind: str, district: str | None, since: datetime | None
+) -> list[LatestReading]:
+    """Latest reading of every device of ``kind`` (in ``district``) received after ``since``."""
+    source, params = _latest_from(kind, district)
+    since_filter: sql.Composable = sql.SQL("")
+    if since is not None:
+        since_filter = sql.SQL(" AND lr.received_at > %(since)s")
+        params["since"] = since
+    query = sql.SQL("SELECT {columns} FROM {source}{since} ORDER BY lr.device_id").format(
+        columns=_LATEST_COLUMNS, source=source, since=since_filter
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params)
+        return [_latest(row) for row in await cur.fetchall()]
+
+
+async def latest_reading(conn: AsyncConn, device_id: str) -> LatestReading | None:
+    """The device's latest reading with catalog units, metrics in catalog order."""
+    query = sql.SQL("SELECT {columns} FROM latest_reading lr WHERE lr.device_id = %s").format(
+        columns=_LATEST_COLUMNS
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, (device_id,))
+        row = await cur.fetchone()
+    return _latest(row) if row is not None else None
+
+
+def _latest(row: dict[str, Any]) -> LatestReading:
+    raw: dict[str, Any] = row["metrics"] or {}
+    kind = KIND_BY_NAME.get(row["kind"])
+    metrics: dict[str, MetricValue] = {}
+    if kind is not None:
+        for metric in kind.metrics:
+            if metric.name in raw:
+                metrics[metric.name] = MetricValue(value=raw[metric.name], unit=metric.unit)
+    for name, value in raw.items():
+        # A metric since removed from the catalog is still shown, without a unit.
+        metrics.setdefault(name, MetricValue(value=value, unit=None))
+    return LatestReading(
+        device_id=row["device_id"],
+        kind=row["kind"],
+        time=row["time"],
+        received_at=row["received_at"],
+        seq=row["seq"],
+        metrics=metrics,
+    )

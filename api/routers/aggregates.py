@@ -1,4 +1,4 @@
-"""GET /aggregates: bucketed avg/min/max/count/sum across the city, a district or a device."""
+"""GET /aggregates: bucketed avg/min/max/count/sum/percentiles across the city, a district or a device."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 
 from api.deps import ApiConfig, Conn, State, Window, catalog_kind, check_district
 from api.errors import BadRequest, device_not_found
-from api.models import Agg, AggregateResponse, GroupBy
+from api.models import Agg, AggregateResponse, Fill, GroupBy
 from api.queries import devices as device_queries
-from api.queries.aggregates import AggregateQuery, choose_source, run_aggregate
+from api.queries.aggregates import AggregateQuery, choose_source, gapfill_usable, run_aggregate
 from api.routers import ERRORS
 from api.timeparse import parse_bucket
 
@@ -29,12 +29,25 @@ async def aggregates(
     bucket: Annotated[
         str, Query(description="bucket width: <n>s, <n>m, <n>h or <n>d", examples=["15m", "1h", "1d"])
     ] = "1h",
-    agg: Annotated[Agg, Query(description="aggregate function")] = "avg",
+    agg: Annotated[
+        Agg,
+        Query(
+            description="aggregate function; pNN is the continuous percentile (percentile_cont) of the"
+            " raw readings in the bucket, always read from the raw table"
+        ),
+    ] = "avg",
     district: Annotated[
         str | None, Query(description="only devices of this district", examples=["futian"])
     ] = None,
     device_id: Annotated[str | None, Query(description="only this device")] = None,
     group_by: Annotated[GroupBy | None, Query(description="one series per district or per device")] = None,
+    fill: Annotated[
+        Fill,
+        Query(
+            description="empty buckets: none leaves them out; null, zero, or previous (the last value"
+            " before the gap in the window; null before the first)"
+        ),
+    ] = "none",
     source: Annotated[
         Literal["auto", "raw"],
         Query(
@@ -43,7 +56,8 @@ async def aggregates(
         ),
     ] = "auto",
 ) -> AggregateResponse:
-    """Buckets start at multiples of the width from 2000-01-01T00:00:00Z; empty buckets are omitted."""
+    """Buckets start at multiples of the width from 2000-01-01T00:00:00Z; empty buckets are omitted
+    unless ``fill`` is given. More than api.max_buckets buckets is a 400 naming the limit."""
     catalog = catalog_kind(kind)
     found = catalog.metric_by_name.get(metric)
     if found is None:
@@ -80,12 +94,14 @@ async def aggregates(
         district=district,
         device_id=device_id,
         group_by=group_by,
+        fill=fill,
     )
     table = catalog.table
+    features = await state.database_features(conn)
     if source == "auto":
-        features = await state.database_features(conn)
         table = choose_source(query, features.continuous_aggregates)
-    series = await run_aggregate(conn, query, table)
+    use_gapfill = gapfill_usable(query, features.info.has_timescaledb)
+    series = await run_aggregate(conn, query, table, use_gapfill=use_gapfill)
     return AggregateResponse(
         kind=kind,
         metric=metric,
@@ -98,6 +114,7 @@ async def aggregates(
         district=district,
         device_id=device_id,
         group_by=group_by,
+        fill=fill,
         source=table,
         series=series,
     )

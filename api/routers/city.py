@@ -141,7 +141,8 @@ def _districts(district: str | None) -> tuple[District, ...]:
     return tuple(d for d in DISTRICTS if d.slug == district)
 
 
-def _index(series: HourlyMeans, period: aqi.Period, standard: aqi.Standard) -> AqiIndex:
+def aqi_index(series: HourlyMeans, period: aqi.Period, standard: aqi.Standard) -> AqiIndex:
+    """The AQI of one hourly-means series (a station's, or a district's station mean)."""
     found = hourly_concentrations(series) if period is aqi.Period.HOURLY else daily_concentrations(series)
     result = aqi.evaluate(period, {ind: c.value for ind, c in found.items()}, standard)
     indicators = []
@@ -202,7 +203,7 @@ async def aqi_stations(
     window = _aqi_window(at, per)
     stations = await queries.air_hourly_means(conn, end=window.end, district=district)
     items = [
-        StationAqi(device_id=s.device_id, district=s.district, **_index(s.hours, per, std).model_dump())
+        StationAqi(device_id=s.device_id, district=s.district, **aqi_index(s.hours, per, std).model_dump())
         for s in stations
     ]
     return StationAqiResponse.model_validate(
@@ -233,7 +234,7 @@ async def aqi_districts(
                 name=d.name,
                 stations=len(own),
                 stations_reporting=sum(s.reporting for s in own),
-                **_index(series, per, std).model_dump(),
+                **aqi_index(series, per, std).model_dump(),
             )
         )
     return DistrictAqiResponse.model_validate(

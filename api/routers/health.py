@@ -1,12 +1,14 @@
-"""GET /health: broker, database and versions."""
+"""GET /health (broker, database and versions) and GET /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from api.deps import State
+from api.metrics import metrics_response
 from api.models import HealthResponse, Versions
 from api.probes import probe_broker, probe_database
 from cityneuron import __version__
@@ -40,3 +42,14 @@ async def health(state: State, response: Response) -> HealthResponse:
         database=database,
         versions=Versions(cityneuron=__version__, contract=CONTRACT_VERSION, schema_=SCHEMA_VERSION),
     )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"example": "cityneuron_api_requests_total{...} 12.0"}}}},
+    summary="Prometheus metrics: request counts and latency histograms by route template",
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition format 0.0.4."""
+    return metrics_response(request)

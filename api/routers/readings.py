@@ -1,23 +1,29 @@
-"""GET /devices/{device_id}/readings: raw readings between two times."""
+"""GET /devices/{device_id}/readings (raw history) and GET /latest (live view of many devices)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.cursors import decode_cursor, encode_cursor
-from api.deps import Conn, Cursor, PageLimit, Window, catalog_kind
+from api.deps import Conn, Cursor, PageLimit, State, Window, catalog_kind, check_district, parse_time
 from api.errors import BadRequest, device_not_found
-from api.models import ReadingPage
+from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, tag_response
+from api.models import LatestPage, ReadingPage
 from api.queries import devices as device_queries
-from api.queries.readings import device_readings
+from api.queries.readings import device_readings, latest_readings, latest_state
 from api.routers import ERRORS
 from api.timeparse import from_epoch_us, to_epoch_us
 from cityneuron.catalog import Kind, Metric
 
-router = APIRouter(prefix="/devices", tags=["readings"], responses=ERRORS)
+router = APIRouter(tags=["readings"], responses=ERRORS)
+
+# How far next_since trails the database clock. received_at is stamped by the ingest when a
+# message arrives and committed up to one flush later, possibly by another host: the margin covers
+# the flush interval plus the clock skew NTP keeps hosts within (well under a second, 5 s allowed).
+CLOCK_SKEW_ALLOWANCE = timedelta(seconds=5)
 
 _TIME_CURSOR = "t"
 
@@ -46,7 +52,7 @@ def _after(cursor: str | None) -> datetime | None:
         ) from None
 
 
-@router.get("/{device_id}/readings", response_model=ReadingPage, summary="Raw readings of a device")
+@router.get("/devices/{device_id}/readings", response_model=ReadingPage, summary="Raw readings of a device")
 async def readings(
     conn: Conn,
     device_id: Annotated[str, Path(description="device id", examples=["aq-futian-001"])],
@@ -83,4 +89,51 @@ async def readings(
         units={m.name: m.unit for m in metrics},
         items=items,
         next_cursor=next_cursor,
+    )
+
+
+@router.get(
+    "/latest",
+    response_model=LatestPage,
+    responses=NOT_MODIFIED,
+    summary="Latest values of every device of a kind (in a district), for polling",
+)
+async def latest_of_kind(
+    request: Request,
+    response: Response,
+    state: State,
+    conn: Conn,
+    kind: Annotated[str, Query(description="device kind from the catalog", examples=["smart_pole"])],
+    district: Annotated[str | None, Query(description="district slug", examples=["futian"])] = None,
+    since: Annotated[
+        str | None,
+        Query(
+            description="next_since of the previous poll (RFC 3339 or epoch ms): only devices whose"
+            " latest reading was received after it",
+            examples=["2026-03-01T07:59:55Z"],
+        ),
+    ] = None,
+) -> LatestPage | Response:
+    """One call for a dashboard tile. Poll with ``since`` for changes only, and send the ETag back
+    in If-None-Match to get 304 (no body, no reading fetched) while nothing changed."""
+    catalog_kind(kind)
+    if district is not None:
+        check_district(district)
+    after = parse_time("since", since) if since is not None else None
+    # The fingerprint is read before the rows: a change committed in between makes the next poll
+    # miss the tag and fetch again, never the other way round.
+    fingerprint = await latest_state(conn, kind=kind, district=district)
+    etag = make_etag("latest", kind, district, fingerprint.fingerprint())
+    if matches(request, etag):
+        return not_modified(etag)
+    items = await latest_readings(conn, kind=kind, district=district, since=after)
+    flush = timedelta(milliseconds=state.settings.ingest.flush_interval_ms)
+    tag_response(response, etag)
+    return LatestPage(
+        kind=kind,
+        district=district,
+        since=after,
+        next_since=fingerprint.db_now - flush - CLOCK_SKEW_ALLOWANCE,
+        devices=fingerprint.devices,
+        items=items,
     )

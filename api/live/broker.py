@@ -1,0 +1,201 @@
+"""The API's one MQTT 5 connection: live telemetry and alerts in, commands out, acks in.
+
+paho's network thread decodes and hands results to the event loop with
+``call_soon_threadsafe``; nothing on that thread touches the hub or the database. paho
+reconnects by itself with back-off, so the API serves everything else while the broker is down
+and the streams resume when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from api.errors import ApiError
+from api.live.events import alert_event, reading_events
+from api.live.hub import Hub
+from cityneuron import contract
+from cityneuron.errors import ContractError
+from cityneuron.mqttclient import configure_client
+from cityneuron.settings import MqttSettings
+
+log = logging.getLogger("cityneuron.api.live")
+
+_RECONNECT_MIN_DELAY_S = 1
+# How long a command publish may wait for the broker's PUBACK before the API gives up.
+PUBLISH_TIMEOUT_S = 5.0
+_SUBSCRIBED_POLL_S = 0.05
+
+AckHandler = Callable[[contract.DeviceTopic, contract.CommandAck], None]
+
+
+class BrokerUnavailable(ApiError):
+    status_code = 503
+    code = "broker_unavailable"
+
+
+def subscriptions() -> list[tuple[str, SubscribeOptions]]:
+    """Telemetry at QoS 0 (a live view, missing one is harmless); alerts and acks at QoS 1."""
+    return [
+        (contract.subscription(contract.TELEMETRY), SubscribeOptions(qos=0)),
+        (f"{contract.ALERTS_TOPIC_ROOT}/#", SubscribeOptions(qos=1)),
+        (contract.subscription(contract.CMD_ACK), SubscribeOptions(qos=1)),
+    ]
+
+
+class BrokerLink:
+    """Owns the paho client; ``start`` and ``stop`` from the application lifespan."""
+
+    def __init__(
+        self, mqtt: MqttSettings, hub: Hub, on_ack: AckHandler, client_id: str | None = None
+    ) -> None:
+        self._mqtt = mqtt
+        self._hub = hub
+        self._on_ack = on_ack
+        # Unique per process: several API workers each keep their own connection.
+        self.client_id = client_id or f"cityneuron-api-{uuid.uuid4().hex[:12]}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscribed = threading.Event()
+        self._client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.enable_logger(logging.getLogger("cityneuron.api.paho"))
+        client.reconnect_delay_set(
+            min_delay=_RECONNECT_MIN_DELAY_S,
+            max_delay=max(_RECONNECT_MIN_DELAY_S, round(self._mqtt.reconnect_max_delay_s)),
+        )
+        configure_client(client, self._mqtt)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set() and self._client.is_connected()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Connect in the background; paho retries until the broker answers."""
+        self._loop = loop
+        self._client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive_s)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    async def wait_subscribed(self, timeout_s: float) -> bool:
+        """Whether the subscriptions are in place, waiting up to ``timeout_s`` for them."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.subscribed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(_SUBSCRIBED_POLL_S)
+        return self.subscribed
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish and wait for the broker's acknowledgement; BrokerUnavailable when it cannot be had."""
+        if not self._client.is_connected():
+            raise BrokerUnavailable(
+                f"MQTT broker {self._mqtt.host}:{self._mqtt.port} is unreachable; try again later"
+            )
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailable(f"MQTT publish failed: {paho.error_string(info.rc)}")
+        try:
+            await asyncio.to_thread(info.wait_for_publish, PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:
+            raise BrokerUnavailable(f"MQTT publish failed: {exc}") from exc
+        if not info.is_published():
+            raise BrokerUnavailable(f"the MQTT broker did not acknowledge within {PUBLISH_TIMEOUT_S:g} s")
+
+    # --- paho callbacks (network thread) --------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("api mqtt connect refused by %s:%d: %s", self._mqtt.host, self._mqtt.port, reason_code)
+            return
+        log.info(
+            "api mqtt connected host=%s port=%d client_id=%s",
+            self._mqtt.host,
+            self._mqtt.port,
+            self.client_id,
+        )
+        client.subscribe(subscriptions())
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        failures = [str(code) for code in reason_codes if code.is_failure]
+        if failures:
+            log.error("api mqtt subscription refused: %s", ", ".join(failures))
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._subscribed.clear()
+        if reason_code.is_failure:
+            log.warning("api mqtt disconnected: %s; reconnecting", reason_code)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            return
+        try:
+            if topic.startswith(contract.ALERTS_TOPIC_ROOT + "/"):
+                if self._hub.has_subscribers and (event := alert_event(bytes(msg.payload))) is not None:
+                    loop.call_soon_threadsafe(self._hub.publish, [event])
+                return
+            parsed = contract.parse_topic(topic)
+            if parsed.channel == contract.CMD_ACK:
+                ack = contract.decode_command_ack(bytes(msg.payload))
+                loop.call_soon_threadsafe(self._on_ack, parsed, ack)
+            elif parsed.channel == contract.TELEMETRY and self._hub.has_subscribers:
+                events = reading_events(parsed, bytes(msg.payload))
+                if events:
+                    loop.call_soon_threadsafe(self._hub.publish, events)
+        except ContractError as exc:
+            log.debug("api mqtt: %s skipped: %s", topic, exc)
+        except RuntimeError:
+            pass  # the loop closed between the check and the call: shutting down

@@ -1,0 +1,195 @@
+"""GET /city/districts/{district}/summary and /city/overview: the operations centre's one screen.
+
+Device counts by state and kind (api.queries.liveness), key metrics from the devices' latest
+values with catalog units, the real-time AQI and rain of the city views, and open alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Path
+
+from api.cityviews import aqi, rain
+from api.cityviews.air_means import area_means
+from api.deps import Conn, State, check_district
+from api.models_city import (
+    AlertCounts,
+    AqiBrief,
+    CityOverviewResponse,
+    DeviceStateCounts,
+    DistrictSummary,
+    DistrictSummaryResponse,
+    KeyMetricOut,
+    KindDeviceCounts,
+    RainBrief,
+    RainCategoryOut,
+    WarningLevel,
+)
+from api.queries import alerts as alert_queries
+from api.queries import city as city_queries
+from api.queries import overview as queries
+from api.queries.liveness import DEVICE_STATUSES
+from api.routers import ERRORS
+from api.routers.city import aqi_index
+from cityneuron.catalog import DISTRICT_BY_SLUG, DISTRICTS, KINDS
+
+router = APIRouter(prefix="/city", tags=["city"], responses=ERRORS)
+
+_STANDARD = aqi.Standard("HJ633-2026")
+_METHOD = (
+    "Devices: online/offline/silent/unknown by api.queries.liveness (silent: nothing for"
+    " ingest.silent_after_intervals times the kind's reporting interval). Key metrics: mean, min and"
+    " max of the latest values of the devices of that kind that reported within that same period."
+    " AQI: real-time (hourly) HJ 633-2026 from the district's air stations, as /city/aqi/districts."
+    " Rain: maximum over the district's hydrology stations, as /city/rain/districts. Alerts: open now."
+)
+
+
+def _state_counts(by_state: Mapping[str, int]) -> dict[str, int]:
+    counts: dict[str, int] = {s: by_state.get(s, 0) for s in DEVICE_STATUSES}
+    return {"total": sum(counts.values()), **counts}
+
+
+def _devices(per_kind: Mapping[str, Mapping[str, int]]) -> tuple[DeviceStateCounts, list[KindDeviceCounts]]:
+    by_kind = [
+        KindDeviceCounts(kind=k.name, title=k.title, **_state_counts(per_kind.get(k.name, {}))) for k in KINDS
+    ]
+    totals: dict[str, int] = {
+        s: sum(per_kind.get(k.name, {}).get(s, 0) for k in KINDS) for s in DEVICE_STATUSES
+    }
+    return DeviceStateCounts(**_state_counts(totals)), by_kind
+
+
+def _merge(counts: queries.DeviceCounts) -> dict[str, dict[str, int]]:
+    merged: dict[str, dict[str, int]] = {}
+    for per_kind in counts.values():
+        for kind, by_state in per_kind.items():
+            target = merged.setdefault(kind, dict.fromkeys(DEVICE_STATUSES, 0))
+            for state, n in by_state.items():
+                target[state] += n
+    return merged
+
+
+def _key_metrics(stats: Mapping[tuple[str, str], queries.MetricStats] | None) -> list[KeyMetricOut]:
+    items = []
+    for kind, metric in queries.KEY_METRICS:
+        info = queries.key_metric(kind, metric)
+        found = (stats or {}).get((kind, metric)) or queries.MetricStats(None, None, None, 0)
+        items.append(
+            KeyMetricOut(
+                kind=kind,
+                metric=metric,
+                description=info.description,
+                unit=info.unit,
+                mean=found.mean,
+                min=found.min,
+                max=found.max,
+                devices=found.devices,
+            )
+        )
+    return items
+
+
+def _alerts(by_severity: Mapping[str, int]) -> AlertCounts:
+    return AlertCounts(active=sum(by_severity.values()), by_severity=dict(sorted(by_severity.items())))
+
+
+def _aqi(stations: list[city_queries.AirStationHours]) -> AqiBrief:
+    index = aqi_index(area_means([s.hours for s in stations]), aqi.Period.HOURLY, _STANDARD)
+    return AqiBrief(
+        standard="HJ633-2026",
+        aqi=index.aqi,
+        level=index.level,
+        category_zh=index.category_zh,
+        category_en=index.category_en,
+        colour=index.colour,
+        primary_pollutants=index.primary_pollutants,
+        stations=len(stations),
+        stations_reporting=sum(s.reporting for s in stations),
+    )
+
+
+def _rain(stations: list[city_queries.RainStation]) -> RainBrief:
+    acc = rain.area_accumulations([s.rain for s in stations])
+    level = acc.warning() if acc.h24 is not None else None
+    category = None
+    if acc.h1 is not None:
+        cat = rain.hourly_category(acc.h1)
+        category = RainCategoryOut(key=cat.key, name_zh=cat.name_zh, name_en=cat.name_en)
+    return RainBrief(
+        rain_1h_mm=acc.h1,
+        rain_24h_mm=acc.h24,
+        last_hour_category=category,
+        warning=cast(WarningLevel, level.key) if level is not None else None,
+        warning_zh=level.name_zh if level is not None else None,
+    )
+
+
+async def _summaries(
+    conn: Conn, state: State, at: datetime, district: str | None
+) -> tuple[list[DistrictSummary], queries.DeviceCounts, queries.KeyMetricStats, dict[str, dict[str, int]]]:
+    silent = state.settings.ingest.silent_after_intervals
+    counts = await queries.device_counts(conn, silent_after_intervals=silent, district=district)
+    stats = await queries.key_metric_stats(conn, silent_after_intervals=silent, district=district)
+    air = await city_queries.air_hourly_means(conn, end=at, district=district)
+    rains = await city_queries.rain_accumulations(conn, at=at, district=district)
+    alerts = await alert_queries.active_counts(conn, district)
+    summaries = []
+    for d in DISTRICTS if district is None else (DISTRICT_BY_SLUG[district],):
+        devices, by_kind = _devices(counts.get(d.slug, {}))
+        summaries.append(
+            DistrictSummary(
+                district=d.slug,
+                name=d.name,
+                population=d.population,
+                devices=devices,
+                devices_by_kind=by_kind,
+                key_metrics=_key_metrics(stats.get(d.slug)),
+                aqi=_aqi([s for s in air if s.district == d.slug]),
+                rain=_rain([s for s in rains if s.district == d.slug]),
+                alerts=_alerts(alerts.get(d.slug, {})),
+            )
+        )
+    return summaries, counts, stats, alerts
+
+
+@router.get(
+    "/districts/{district}/summary",
+    response_model=DistrictSummaryResponse,
+    summary="One district at a glance: devices, key metrics, AQI, rain, alerts",
+)
+async def district_summary(
+    district: Annotated[str, Path(description="district slug", examples=["futian"])], conn: Conn, state: State
+) -> DistrictSummaryResponse:
+    check_district(district)
+    at = datetime.now(tz=UTC)
+    summaries, *_ = await _summaries(conn, state, at, district)
+    return DistrictSummaryResponse(at=at, method=_METHOD, **summaries[0].model_dump())
+
+
+@router.get(
+    "/overview",
+    response_model=CityOverviewResponse,
+    summary="The whole city at a glance, with every district's summary",
+)
+async def city_overview(conn: Conn, state: State) -> CityOverviewResponse:
+    at = datetime.now(tz=UTC)
+    summaries, counts, stats, alerts = await _summaries(conn, state, at, None)
+    devices, by_kind = _devices(_merge(counts))
+    by_severity: dict[str, int] = {}
+    for per_district in alerts.values():
+        for severity, n in per_district.items():
+            by_severity[severity] = by_severity.get(severity, 0) + n
+    return CityOverviewResponse(
+        at=at,
+        method=_METHOD,
+        population=sum(d.population for d in DISTRICTS),
+        devices=devices,
+        devices_by_kind=by_kind,
+        key_metrics=_key_metrics(stats.get(None)),
+        alerts=_alerts(by_severity),
+        districts=summaries,
+    )

@@ -1,0 +1,261 @@
+"""API latency under load, measured with wrk (a separate process) against a served API.
+
+Setup: a fresh PostgreSQL + TimescaleDB cluster, the default ("small") city backfilled over
+``--days`` days with ``simulator.direct.backfill_direct`` (the same COPY path as
+``cityneuron sim --backfill-from ... --direct``), continuous aggregates refreshed, then the API
+under uvicorn (one process) in a subprocess.
+
+Targets (issue 5): latest of one device p99 < 10 ms at 1,000 req/s; latest of a district's poles
+and the district summary p99 < 50 ms; 30-day hourly aggregate of one metric for a district
+p95 < 100 ms; and requests/s at saturation for each.
+
+Debian's wrk is wrk 4 (no fixed-rate -R of wrk2): "paced" runs hold the offered rate near the
+target with a per-request delay() on each connection (closed loop: latency is not corrected for
+coordinated omission); "saturation" runs use no delay and report throughput and latency together.
+
+    python bench/api_latency.py [--days 30] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import machine, scratch_dir
+from cityneuron.catalog import KINDS
+from cityneuron.schema import CAGG_WIDTHS, init_schema
+from cityneuron.servers import PostgresServer, free_port
+from cityneuron.settings import ApiSettings, DatabaseSettings, MqttSettings, Settings, SimulatorSettings
+from simulator.direct import backfill_direct
+
+_RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
+_WRK_SCRIPT = """
+local pace = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pace > 0 then
+  delay = function() return pace end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max,
+    e.status + e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    view: str
+    mode: str
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+
+
+def _wrk(url: str, *, connections: int, duration_s: int, delay_ms: int, script: Path) -> list[float]:
+    env = {**os.environ, "BENCH_DELAY_MS": str(delay_ms)}
+    threads = min(2, connections)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    match = _RESULT.search(out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    return [float(v) for v in match.group(1).split()]
+
+
+def _measure(view: str, mode: str, url: str, connections: int, delay_ms: int, args: Any, script: Path) -> Run:
+    requests, duration_us, p50, p95, p99, worst, errors = _wrk(
+        url, connections=connections, duration_s=args.duration, delay_ms=delay_ms, script=script
+    )
+    run = Run(
+        view=view,
+        mode=mode,
+        connections=connections,
+        requests_per_s=round(requests / (duration_us / 1e6), 1),
+        p50_ms=p50 / 1000,
+        p95_ms=p95 / 1000,
+        p99_ms=p99 / 1000,
+        max_ms=worst / 1000,
+        errors=int(errors),
+    )
+    print(
+        f"{view:28s} {mode:12s} c={connections:<3d} {run.requests_per_s:8.1f} req/s"
+        f"  p50 {run.p50_ms:7.2f}  p95 {run.p95_ms:7.2f}  p99 {run.p99_ms:7.2f}  max {run.max_ms:7.1f} ms"
+        f"  errors {run.errors}",
+        flush=True,
+    )
+    return run
+
+
+def _serve(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    code = (
+        "import logging, sys; from api.main import run; from cityneuron.settings import Settings;"
+        " logging.basicConfig(level=logging.WARNING); run(Settings.model_validate_json(sys.argv[1]))"
+    )
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, settings.model_dump_json()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+
+def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the API exited during startup")
+        try:
+            if httpx.get(f"{base}/devices?limit=1", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the API did not start")
+
+
+def _refresh_caggs(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for kind in KINDS:
+            for width in CAGG_WIDTHS:
+                conn.execute(
+                    "CALL refresh_continuous_aggregate(%s::regclass, NULL, NULL)", (f"{kind.table}_{width}",)
+                )
+
+
+def _pick(url: str) -> tuple[str, str]:
+    """An air station of futian (latest of one device) and the district to aggregate over."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT device_id, district FROM devices WHERE kind = 'air_station' AND district = 'futian'"
+            " ORDER BY device_id LIMIT 1"
+        ).fetchone()
+    if row is None:
+        raise RuntimeError("no air station in futian")
+    return str(row[0]), str(row[1])
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--days", type=int, default=30, help="days of backfilled history")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--saturation-connections", type=int, default=32)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    root = scratch_dir("cityneuron-apibench-")
+    server = PostgresServer(root / "pg", free_port(), timescaledb=True)
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        url = server.create_database("bench_api")
+        info = init_schema(DatabaseSettings(url=url))
+        # Whole hours, ending an hour ago: ingest-like data, aggregates over aligned windows.
+        end = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+        start = end - timedelta(days=args.days)
+        settings = Settings(
+            database=DatabaseSettings(url=url, pool_max_size=10),
+            simulator=SimulatorSettings(preset="small"),
+            # No broker: the views measured here read the database only.
+            mqtt=MqttSettings(port=free_port()),
+            api=ApiSettings(port=free_port(), rate_limit_per_s=1e6, rate_limit_burst=1_000_000),
+        )
+        began = time.monotonic()
+        summary = backfill_direct(settings, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+        _refresh_caggs(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        print(f"backfill: {summary} (+ aggregates refresh) in {time.monotonic() - began:.0f} s", flush=True)
+
+        device_id, district = _pick(url)
+        base = f"http://127.0.0.1:{settings.api.port}"
+        api = _serve(settings, root / "api.log")
+        _wait_ready(base, api)
+        iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+        views = {
+            "latest one device": f"{base}/devices/{device_id}/latest",
+            "latest district poles": f"{base}/latest?kind=smart_pole&district={district}",
+            "district summary": f"{base}/city/districts/{district}/summary",
+            "30d hourly agg district": (
+                f"{base}/aggregates?kind=air_station&metric=pm25&district={district}&bucket=1h"
+                f"&from={iso(end - timedelta(days=min(30, args.days)))}&to={iso(end)}"
+            ),
+        }
+        for name, view_url in views.items():
+            response = httpx.get(view_url, timeout=30)
+            print(
+                f"{name}: HTTP {response.status_code}, {len(response.content)} bytes: {view_url}", flush=True
+            )
+        host = machine(info.server_version, info.timescaledb)
+        print("machine:", json.dumps(host), "(shared with other jobs while measured)", flush=True)
+        script = root / "report.lua"
+        script.write_text(_WRK_SCRIPT)
+        runs: list[Run] = []
+        # 1,000 req/s offered: 10 connections, each waiting 10 ms before its next request.
+        runs.append(
+            _measure("latest one device", "paced 1000/s", views["latest one device"], 10, 10, args, script)
+        )
+        for name, view_url in views.items():
+            runs.append(_measure(name, "sequential", view_url, 1, 0, args, script))
+            runs.append(_measure(name, "saturation", view_url, args.saturation_connections, 0, args, script))
+        if args.json:
+            args.json.write_text(
+                json.dumps({"machine": host, "days": args.days, "runs": [asdict(r) for r in runs]}, indent=2)
+            )
+        return 0
+    finally:
+        if api is not None:
+            api.terminate()
+            try:
+                api.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                api.kill()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
