@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ log = logging.getLogger("cityneuron.cli")
 
 # Each module defines ``add_parser(commands)``, which adds its subcommand and sets the defaults
 # ``handler=<function(args, settings) -> exit status>``.
-_COMMAND_MODULES: tuple[str, ...] = ("simulator.load.cli",)
+_COMMAND_MODULES: tuple[str, ...] = ("simulator.load.cli", "api.keys_cli", "cityneuron.broker_cli")
 # Options that are settings but not ``section__field`` shaped.
 _TOP_LEVEL_SETTINGS = frozenset({"log_level"})
 
@@ -92,6 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, help="stop after this many seconds")
     sim.add_argument("--once", action="store_true", help="publish one report per device, then exit")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sim.add_argument("--database-url", dest="database__url", help="postgresql:// URL (for --direct)")
+    sim.add_argument("--backfill-from", help="publish history from this time (RFC 3339 or date)")
+    sim.add_argument("--backfill-to", help="end of the backfill, exclusive (default: now)")
+    sim.add_argument("--then-live", action="store_true", help="after the backfill, go on in real time")
+    sim.add_argument(
+        "--direct",
+        action="store_true",
+        help="COPY straight into the database: the backfill range (with the registry), or the registry alone",
+    )
+    sim.add_argument(
+        "--registry",
+        choices=["status", "direct", "none"],
+        default="status",
+        help="how devices are registered: retained statuses (default), COPY into the database, or not at all",
+    )
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(commands)
     return parser
@@ -151,14 +165,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         run_api(settings)
         return 0
     if args.command == "sim":
-        from simulator.runner import run as run_sim
+        from simulator.backfill import sim_command
 
-        summary = run_sim(settings, duration_s=args.duration, once=args.once)
-        if args.json:
-            print(json.dumps(summary.as_dict()))
-        else:
-            print(summary)
-        return 0
+        return sim_command(args, settings)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -3,28 +3,112 @@
 Starts PostgreSQL and Mosquitto from the machine's binaries with their data under one folder,
 initialises the schema, then runs ingest, API and simulator as child processes, prints the URLs
 and stops everything cleanly on Ctrl-C (or when one of the services dies).
+
+The broker is secure by default: every device of the simulated city and every service gets its
+own credentials (cityneuron.provision), a development CA signs the broker's TLS certificate
+(cityneuron.tls), and each child receives only its own password.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 from cityneuron.errors import ConfigError
+from cityneuron.provision import (
+    API_USER,
+    CITY_GATEWAY,
+    DASHBOARD_USER,
+    INGEST_USER,
+    SERVICE_USERS,
+    Layout,
+    Provisioned,
+    provision,
+)
 from cityneuron.schema import init_schema
-from cityneuron.servers import MosquittoBroker, PostgresServer, check_port_free
+from cityneuron.servers import BrokerSecurity, MosquittoBroker, PostgresServer, broker_owner, check_port_free
 from cityneuron.settings import Settings
+from cityneuron.tls import CA_CERT, ensure_dev_pki, install_broker_tls
 
 log = logging.getLogger("cityneuron.stack")
 
 _READY_TIMEOUT_S = 60.0
+# Until StackSettings has ports of their own, the client-certificate and WebSocket listeners sit
+# next to the TLS one (8883 -> 8884 and 8885).
+CERT_PORT_OFFSET = 1
+WEBSOCKETS_PORT_OFFSET = 2
+_STAMP_FILE = "provisioned.json"
+
+
+def local_broker_security(settings: Settings) -> BrokerSecurity:
+    """The listeners and auth files of the local stack's broker (see Layout)."""
+    layout = Layout(settings.stack.home.resolve())
+    tls_port = settings.stack.mqtt_tls_port
+    return BrokerSecurity(
+        password_file=layout.broker_dir / "passwd",
+        acl_file=layout.broker_dir / "acl",
+        tls_dir=layout.broker_dir,
+        tls_port=tls_port,
+        cert_port=tls_port + CERT_PORT_OFFSET,
+        websockets_port=tls_port + WEBSOCKETS_PORT_OFFSET,
+    )
+
+
+def city_device_ids(settings: Settings) -> Iterator[str]:
+    """Every device id of the simulated city of ``settings.simulator`` (preset, scale, seed)."""
+    from simulator.city import build_city
+
+    options = settings.simulator
+    for table in build_city(options.preset, options.scale, options.seed):
+        yield from table.device_ids()
+
+
+def provision_local_broker(settings: Settings, *, workers: int | None = None) -> Provisioned:
+    """Credentials for the city's devices and the services, the ACL and the TLS files.
+
+    Hashing a password per device is the slow part, so the password file is rewritten only
+    when the city (preset, scale, seed) changed since the last run.
+    """
+    layout = Layout(settings.stack.home.resolve())
+    owner = broker_owner()
+    options = settings.simulator
+    city = {"preset": options.preset, "scale": options.scale, "seed": options.seed}
+    stamp = layout.broker_dir / _STAMP_FILE
+    users = (*SERVICE_USERS, CITY_GATEWAY)
+    current = (
+        stamp.exists()
+        and (layout.broker_dir / "passwd").exists()
+        and json.loads(stamp.read_text()).get("city") == city
+        and all((layout.secrets_dir / f"{u}.password").exists() for u in users)
+    )
+    if current:
+        provisioned = Provisioned(
+            layout.broker_dir, layout.secrets_dir, json.loads(stamp.read_text())["devices"], users
+        )
+    else:
+        provisioned = provision(
+            layout.broker_dir,
+            layout.secrets_dir,
+            city_device_ids(settings),
+            broker_owner=owner,
+            workers=workers or os.cpu_count() or 1,
+        )
+        stamp.write_text(json.dumps({"city": city, "devices": provisioned.devices}) + "\n")
+    pki = ensure_dev_pki(layout.pki_dir)
+    install_broker_tls(pki, layout.broker_dir, owner=owner)
+    shutil.copyfile(pki.ca_cert, layout.secrets_dir / CA_CERT)
+    return provisioned
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -67,15 +151,29 @@ def _wait_http_ok(url: str, process: subprocess.Popen[bytes], what: str) -> None
     raise ConfigError(f"{what} not ready at {url} after {_READY_TIMEOUT_S:.0f} s")
 
 
+def _credentials_env(provisioned: Provisioned | None, user: str) -> dict[str, str]:
+    """Username and password of ``user`` for one child (nothing when the broker is anonymous)."""
+    if provisioned is None:
+        return {}
+    return {"CITYNEURON_MQTT__USERNAME": user, "CITYNEURON_MQTT__PASSWORD": provisioned.password(user)}
+
+
 class _Children:
     """The service processes, stopped in reverse start order."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self._env = env
+        # Credentials are per child: none inherited from whoever ran `cityneuron up`.
+        self._env = {
+            k: v
+            for k, v in env.items()
+            if k not in ("CITYNEURON_MQTT__USERNAME", "CITYNEURON_MQTT__PASSWORD")
+        }
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "cityneuron", *args], env=self._env)
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cityneuron", *args], env={**self._env, **(env or {})}
+        )
         self.processes.append((name, process))
         return process
 
@@ -98,6 +196,46 @@ class _Children:
                 process.wait()
 
 
+def _start_broker(settings: Settings, stack: ExitStack) -> tuple[MosquittoBroker, Provisioned | None]:
+    home = settings.stack.home.resolve()
+    data_dir = Layout(home).broker_data_dir
+    binary = settings.stack.mosquitto_bin
+    if not settings.stack.secure_broker:
+        log.warning("secure_broker is off: the broker accepts anonymous clients on 127.0.0.1")
+        broker = MosquittoBroker(data_dir, settings.mqtt.port, binary=binary, anonymous=True)
+        return stack.enter_context(broker), None
+    security = local_broker_security(settings)
+    for port in (settings.mqtt.port, *security.ports):
+        check_port_free(port, "mosquitto")
+    provisioned = provision_local_broker(settings)
+    broker = MosquittoBroker(data_dir, settings.mqtt.port, binary=binary, security=security)
+    return stack.enter_context(broker), provisioned
+
+
+def _broker_banner(settings: Settings, broker: MosquittoBroker, provisioned: Provisioned | None) -> str:
+    plain = f"  MQTT       mqtt://127.0.0.1:{settings.mqtt.port}  (topics city/#"
+    if provisioned is None or broker.security is None:
+        return plain + ", anonymous)\n"
+    security = broker.security
+    secrets_dir = provisioned.secrets_dir
+    return (
+        f"{plain}; {provisioned.devices} devices provisioned, every client its own password)\n"
+        f"             mqtts://<host>:{security.tls_port}  (CA {secrets_dir / CA_CERT})"
+        f"  client certificates: port {security.cert_port}\n"
+        f"             ws://127.0.0.1:{security.websockets_port}  (dashboards: user {DASHBOARD_USER},"
+        f" password in {provisioned.secret_file(DASHBOARD_USER)})\n"
+    )
+
+
+def _ensure_admin_key(settings: Settings, home: Path) -> Path:
+    """An admin API key for the person running the stack, kept across restarts."""
+    from api.keys import Scope, ensure_token_file
+
+    token_file = home / "secrets" / "api-admin.token"
+    ensure_token_file(settings.database.url, token_file, "cityneuron-up", [Scope.ADMIN])
+    return token_file
+
+
 def run_stack(settings: Settings) -> int:
     """Run the local stack until Ctrl-C; returns the process exit status."""
     home = settings.stack.home.resolve()
@@ -118,31 +256,35 @@ def run_stack(settings: Settings) -> int:
                 home / "postgres", settings.stack.postgres_port, bin_dir=settings.stack.postgres_bin_dir
             )
         )
-        stack.enter_context(
-            MosquittoBroker(home / "mosquitto", settings.mqtt.port, binary=settings.stack.mosquitto_bin)
-        )
+        broker, provisioned = _start_broker(settings, stack)
         settings = settings.model_copy(
             update={"database": settings.database.model_copy(update={"url": postgres.url})}
         )
         info = init_schema(settings.database)
+        admin_token_file = _ensure_admin_key(settings, home)
         children = _Children(_child_env(settings))
         stack.callback(children.stop)
-        ingest = children.spawn("ingest", "ingest")
+        ingest = children.spawn("ingest", "ingest", env=_credentials_env(provisioned, INGEST_USER))
         _wait_http_ok(
             f"http://{settings.ingest.http_host}:{settings.ingest.http_port}/ready", ingest, "ingest"
         )
-        api = children.spawn("api", "api")
+        api = children.spawn("api", "api", env=_credentials_env(provisioned, API_USER))
         api_url = f"http://{settings.api.host}:{settings.api.port}"
         _wait_http_ok(f"{api_url}/health", api, "api")
         if settings.stack.run_simulator:
-            children.spawn("simulator", "sim")
+            # Gateway mode uses the gateway account; device mode derives each device's password.
+            sim_env = _credentials_env(provisioned, CITY_GATEWAY)
+            if provisioned is not None:
+                sim_env["CITYNEURON_SIMULATOR__DEVICE_KEY_FILE"] = str(provisioned.device_key_file)
+            children.spawn("simulator", "sim", env=sim_env)
         print(
             "\nCityNeuron is up\n"
             f"  API        {api_url}  (docs: {api_url}/docs)\n"
-            f"  MQTT       mqtt://127.0.0.1:{settings.mqtt.port}  (topics city/#)\n"
+            f"{_broker_banner(settings, broker, provisioned)}"
             f"  PostgreSQL {postgres.url.split('@')[0].rsplit(':', 1)[0]}:***@127.0.0.1:"
             f"{settings.stack.postgres_port}/{PostgresServer.DATABASE}"
             f"  (password in {postgres.password_file}; TimescaleDB {info.timescaledb or 'absent'})\n"
+            f"  API key    admin token in {admin_token_file} (writes need it: Authorization: Bearer ...)\n"
             f"  Ingest     http://{settings.ingest.http_host}:{settings.ingest.http_port}/metrics\n"
             f"  Data       {home}\n"
             "Press Ctrl-C to stop.\n",

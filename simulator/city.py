@@ -2,6 +2,11 @@
 
 Every fact about a device is a pure function of (seed, kind, district, number), so a device
 keeps its place, install date and serial whichever preset or scale the city is built with.
+
+A city can be split into shards (``--shard i/N``) that run as separate processes or machines:
+shard ``i`` keeps the rows ``r`` of each kind's full-city table with ``r mod N == i``. Rows
+keep their full-city district, number, id and random streams, so the shards together are
+exactly the unsharded city, whichever way it is split.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -106,7 +112,7 @@ class DeviceTable:
 
     ``key`` identifies a device for its random streams: it depends on the district and the
     device's number there, not on its row, so models give a device the same character in
-    every preset.
+    every preset and every shard. ``city_row`` is the row in the unsharded city's table.
     """
 
     kind: Kind
@@ -117,15 +123,18 @@ class DeviceTable:
     installed_day: NDArray[np.int64]
     serial: NDArray[np.int64]
     id_width: int
+    city_row: NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.district)
 
-    @property
+    # Cached: models index these with a few rows per report, and recomputing a whole column of
+    # millions of devices each time would cost more than the report itself.
+    @cached_property
     def key(self) -> NDArray[np.int64]:
-        return self.district * (1 << 32) + self.number
+        return self.district.astype(np.int64) * (1 << 32) + self.number
 
-    @property
+    @cached_property
     def installed_ms(self) -> NDArray[np.int64]:
         """Epoch ms of local midnight on the install date."""
         return clock.local_day_start_ms(self.installed_day)
@@ -159,9 +168,11 @@ class City:
     scale: float
     seed: int
     tables: Mapping[str, DeviceTable]
+    shard: tuple[int, int] = (0, 1)
 
     @property
     def devices(self) -> int:
+        """Devices of this shard (the whole city when unsharded)."""
         return sum(len(t) for t in self.tables.values())
 
     def __iter__(self) -> Iterator[DeviceTable]:
@@ -201,12 +212,15 @@ def _spread(
     return lat, lon
 
 
-def _table(kind: Kind, count: int, seed: int) -> DeviceTable:
+def _table(kind: Kind, count: int, seed: int, shard: tuple[int, int]) -> DeviceTable:
+    """The rows of shard ``shard`` of the full-city table of ``count`` devices of ``kind``."""
+    index, shards = shard
     kind_index = _KIND_INDEX[kind.name]
     per_district = district_counts(count)
-    district = np.repeat(np.arange(len(DISTRICTS), dtype=np.int64), per_district)
-    starts = np.repeat(np.cumsum(per_district) - per_district, per_district)
-    number = np.arange(count, dtype=np.int64) - starts + 1
+    ends = np.cumsum(per_district)
+    city_row = np.arange(index, count, shards, dtype=np.int64)
+    district = np.searchsorted(ends, city_row, side="right").astype(np.int64)
+    number = city_row - (ends - per_district)[district] + 1
     lat, lon = _spread(seed, kind_index, district, number)
     span = _INSTALL_LAST_DAY - _INSTALL_FIRST_DAY + 1
     u_day = rng.uniform(seed, rng.stream_id("city.installed"), kind_index, district, number)
@@ -214,19 +228,43 @@ def _table(kind: Kind, count: int, seed: int) -> DeviceTable:
     # Ten-digit serial numbers; meters derive their daily upload slot from them.
     serial_hash = rng.hash64(seed, rng.stream_id("city.serial"), kind_index, district, number)
     serial = 1_000_000_000 + (serial_hash % np.uint64(9_000_000_000)).astype(np.int64)
+    # The id width comes from the whole city, so a shard names its devices as the city does.
     width = max(5, len(str(int(per_district.max(initial=0)))))
-    return DeviceTable(kind, district, number, lat, lon, installed, serial, width)
+    return DeviceTable(kind, district, number, lat, lon, installed, serial, width, city_row)
 
 
-def build_city(preset: str = "small", scale: float = 1.0, seed: int = 42) -> City:
-    """Build the deterministic registry of ``preset`` with every count multiplied by ``scale``."""
+def kind_counts(preset: str, scale: float) -> dict[str, int]:
+    """Devices of each kind in the whole (unsharded) city of ``preset`` times ``scale``."""
     try:
         counts = PRESETS[preset]
     except KeyError:
         raise SimulatorError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}") from None
     if not scale > 0:
         raise SimulatorError(f"scale must be positive, got {scale}")
-    tables = {k.name: _table(k, max(1, round(counts[k.name] * scale)), seed) for k in KINDS}
-    city = City(preset, float(scale), int(seed), MappingProxyType(tables))
-    log.info("built city preset=%s scale=%s seed=%s devices=%d", preset, scale, seed, city.devices)
+    return {k.name: max(1, round(counts[k.name] * scale)) for k in KINDS}
+
+
+def build_city(
+    preset: str = "small", scale: float = 1.0, seed: int = 42, shard: tuple[int, int] = (0, 1)
+) -> City:
+    """Build the deterministic registry of ``preset`` with every count multiplied by ``scale``.
+
+    ``shard=(i, n)`` keeps only shard ``i`` of ``n`` (module docstring); its devices keep
+    their full-city ids and values.
+    """
+    index, shards = shard
+    if not 0 <= index < shards:
+        raise SimulatorError(f"shard must satisfy 0 <= i < N, got {index}/{shards}")
+    counts = kind_counts(preset, scale)
+    tables = {k.name: _table(k, counts[k.name], seed, (index, shards)) for k in KINDS}
+    city = City(preset, float(scale), int(seed), MappingProxyType(tables), (index, shards))
+    log.info(
+        "built city preset=%s scale=%s seed=%s shard=%d/%d devices=%d",
+        preset,
+        scale,
+        seed,
+        index,
+        shards,
+        city.devices,
+    )
     return city

@@ -7,6 +7,8 @@ function of (seed, district, simulated time), vectorised over numpy arrays.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -70,11 +72,32 @@ def seasonal_mean_temperature_c(t_ms: ArrayLike) -> FloatArray:
     return 22.0 + 7.0 * _annual_cos(t_ms)
 
 
-class Drivers:
-    """Weather, rain and air background of the city, deterministic for a seed."""
+class WeatherOverlay(Protocol):
+    """Weather added on top of the climate by a scenario (simulator.scenario.ScenarioWeather).
 
-    def __init__(self, seed: int) -> None:
+    Every method takes district indexes and times of one shape and answers in that shape.
+    """
+
+    def rain_mm(self, district: IntArray, t0_ms: IntArray, t1_ms: IntArray) -> FloatArray: ...
+
+    def rain_rate_mmh(self, district: IntArray, t_ms: IntArray) -> FloatArray: ...
+
+    def wind_ms(self, district: IntArray, t_ms: IntArray) -> FloatArray: ...
+
+    def pressure_drop_hpa(self, district: IntArray, t_ms: IntArray) -> FloatArray: ...
+
+    def pm25_ugm3(self, district: IntArray, t_ms: IntArray, background: FloatArray) -> FloatArray: ...
+
+
+class Drivers:
+    """Weather, rain and air background of the city, deterministic for a seed.
+
+    ``weather``: a scenario's storms and episodes, added where and when they happen.
+    """
+
+    def __init__(self, seed: int, weather: WeatherOverlay | None = None) -> None:
         self.seed = int(seed)
+        self.weather = weather
         # Rain events per local day (all districts at once): the runner asks for the same few
         # days over and over, and every weather quantity depends on the rain.
         self._events: dict[int, NDArray[np.float64]] = {}
@@ -142,6 +165,8 @@ class Drivers:
             s1 = np.clip((t1.astype(np.float64) - start) / duration, 0.0, 1.0)
             # Intensity follows half a sine over the event: cumulative share (1 - cos(pi s)) / 2.
             total += depth * (np.cos(np.pi * s0) - np.cos(np.pi * s1)) / 2.0
+        if self.weather is not None:
+            total += self.weather.rain_mm(d, t0.astype(np.int64), t1)
         return np.maximum(total, 0.0)
 
     def rain_rate_mmh(self, district: ArrayLike, t_ms: ArrayLike) -> FloatArray:
@@ -153,6 +178,8 @@ class Drivers:
             s = (t - start) / duration
             inside = (s >= 0.0) & (s <= 1.0)
             rate += np.where(inside, depth / (duration / clock.MS_PER_H) * np.pi / 2 * np.sin(np.pi * s), 0.0)
+        if self.weather is not None:
+            rate += self.weather.rain_rate_mmh(d, t)
         return rate
 
     def rain_response(self, district: ArrayLike, t_ms: ArrayLike, tau_h: ArrayLike) -> FloatArray:
@@ -208,7 +235,10 @@ class Drivers:
             + 0.5 * rng.smooth_noise(hours, 3.0, *self._key("wind.gust"), d)
             + 0.15 * self.rain_rate_mmh(d, t)
         )
-        return np.clip(speed, 0.1, 25.0)
+        speed = np.clip(speed, 0.1, 25.0)
+        if self.weather is not None:
+            speed = speed + self.weather.wind_ms(d, t)
+        return speed
 
     def wind_dir_deg(self, district: ArrayLike, t_ms: ArrayLike) -> FloatArray:
         """Monsoon: north-easterly in winter, south-easterly to southerly in summer."""
@@ -222,7 +252,7 @@ class Drivers:
 
     def pressure_hpa(self, district: ArrayLike, t_ms: ArrayLike) -> FloatArray:
         """Sea-level pressure: about 1020 hPa in winter, 1005 in summer, with the semidiurnal tide."""
-        _, t, _ = self._event_days(district, t_ms)
+        d, t, _ = self._event_days(district, t_ms)
         hour = clock.local_hour(t)
         pressure = (
             1012.5
@@ -230,7 +260,11 @@ class Drivers:
             + 0.8 * np.cos(2.0 * np.pi * (hour - 10.0) / 12.0)
             + 3.5 * rng.smooth_noise(t / clock.MS_PER_H, 72.0, *self._key("pressure"))
         )
-        return np.clip(pressure, 960.0, 1040.0)
+        pressure = np.clip(pressure, 960.0, 1040.0)
+        if self.weather is not None:
+            # A typhoon's centre goes well below the climate's usual floor.
+            pressure = np.maximum(pressure - self.weather.pressure_drop_hpa(d, t), 900.0)
+        return pressure
 
     def sky_clearness(self, district: ArrayLike, t_ms: ArrayLike) -> FloatArray:
         """Share of clear-sky daylight that reaches the ground (clouds and rain), 0.1-1."""
@@ -253,4 +287,7 @@ class Drivers:
         washout = 1.0 / (1.0 + 0.12 * self.rain_rate_mmh(d, t))
         wind = 1.0 / (0.74 + 0.1 * self.wind_speed_ms(d, t))
         pm = _PM25_MEAN[d] * season * daily * episode * local * washout * wind
-        return np.clip(pm, 2.0, 400.0)
+        pm = np.clip(pm, 2.0, 400.0)
+        if self.weather is not None:
+            pm = self.weather.pm25_ugm3(d, t, pm)
+        return pm

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +10,8 @@ import numpy as np
 from cityneuron.catalog import DISTRICTS
 from cityneuron.contract import STATUS, TELEMETRY, TOPIC_ROOT, encode_reading, encode_readings, encode_status
 from simulator.city import DeviceTable
-from simulator.kinds import KindModel
+from simulator.kinds import KindModel, Values
+from simulator.kinds.base import IntArray
 from simulator.schedule import Due, KindSchedule
 
 _DEFAULT_DECIMALS = 2
@@ -37,12 +38,24 @@ def status_messages(table: DeviceTable, ts_ms: int) -> Iterator[Message]:
         yield Message(row, _topic(table, row, STATUS), encode_status(True, ts_ms, device=table.facts(row)), 0)
 
 
+def device_statuses(table: DeviceTable, rows: IntArray, online: bool, ts_ms: int) -> list[Message]:
+    """Retained status of devices ``rows`` (online or offline), carrying their registry facts."""
+    return [
+        Message(row, _topic(table, row, STATUS), encode_status(online, ts_ms, device=table.facts(row)), 0)
+        for row in rows.tolist()
+    ]
+
+
 def _columns(model: KindModel, values: dict[str, np.ndarray]) -> list[tuple[str, list[float | int | None]]]:
-    """Metric columns rounded for the wire; integers where the metric is a count or an enum."""
+    """Metric columns rounded for the wire; integers where the metric is a count or an enum.
+
+    Values under names outside the catalog (a scenario's firmware rollout) follow the catalog's.
+    """
     columns: list[tuple[str, list[float | int | None]]] = []
-    for metric in model.kind.metrics:
-        decimals = model.decimals.get(metric.name, _DEFAULT_DECIMALS)
-        array = np.round(values[metric.name], decimals)
+    extra = [name for name in values if name not in model.kind.metric_by_name]
+    for name in [*model.kind.metric_names, *extra]:
+        decimals = model.decimals.get(name, _DEFAULT_DECIMALS)
+        array = np.round(values[name], decimals)
         if decimals == 0:
             present = ~np.isnan(array)
             ints = np.where(present, array, 0).astype(np.int64).tolist()
@@ -51,7 +64,7 @@ def _columns(model: KindModel, values: dict[str, np.ndarray]) -> list[tuple[str,
             ]
         else:
             column = [None if v != v else v for v in array.tolist()]  # v != v: NaN, no such sensor
-        columns.append((metric.name, column))
+        columns.append((name, column))
     return columns
 
 
@@ -59,27 +72,57 @@ def _metrics(columns: list[tuple[str, list[float | int | None]]], i: int) -> dic
     return {name: value for name, column in columns if (value := column[i]) is not None}
 
 
-def telemetry_messages(model: KindModel, schedule: KindSchedule, due: Due) -> Iterator[Message]:
-    """Telemetry for the reports in ``due``: one reading each, or a block of frozen readings."""
-    if not len(due):
-        return
+# Called with (flat rows, flat reading times, values) before the values are encoded: faults and
+# scenarios change values in place or add metrics.
+ValueHook = Callable[[IntArray, IntArray, Values], None]
+
+
+def render_telemetry(
+    model: KindModel,
+    schedule: KindSchedule,
+    rows: IntArray,
+    slot_ms: IntArray,
+    *,
+    adjust: ValueHook | None = None,
+    ts_shift_ms: IntArray | None = None,
+) -> list[Message]:
+    """Telemetry of reports (``rows`` at ``slot_ms``): one reading each, or a block of frozen
+    readings. ``ts_shift_ms`` moves each report's stamps (a device clock that is off)."""
+    if not len(rows):
+        return []
     table = model.table
     if schedule.frozen_readings:
-        frozen = schedule.frozen_times(due.slot_ms)
+        frozen = schedule.frozen_times(slot_ms)
         width = frozen.shape[1]
-        flat_rows = np.repeat(due.rows, width)
-        columns = _columns(model, model.step(flat_rows, frozen.ravel()))
-        seqs = schedule.frozen_seq(due.rows, frozen).ravel().tolist()
-        times = frozen.ravel().tolist()
-        for n, row in enumerate(due.rows.tolist()):
+        flat_rows = np.repeat(rows, width)
+        values = model.step(flat_rows, frozen.ravel())
+        if adjust is not None:
+            adjust(flat_rows, frozen.ravel(), values)
+        columns = _columns(model, values)
+        seqs = schedule.frozen_seq(rows, frozen).ravel().tolist()
+        stamped = frozen if ts_shift_ms is None else frozen + ts_shift_ms[:, None]
+        times = stamped.ravel().tolist()
+        out = []
+        for n, row in enumerate(rows.tolist()):
             items: list[tuple[int, dict[str, float], int | None]] = [
                 (times[i], _metrics(columns, i), seqs[i]) for i in range(n * width, (n + 1) * width)
             ]
-            yield Message(row, _topic(table, row, TELEMETRY), encode_readings(items), width)
-        return
-    columns = _columns(model, model.step(due.rows, due.slot_ms))
-    seqs = schedule.seq(due.rows, due.slot_ms).tolist()
-    times = due.slot_ms.tolist()
-    for i, row in enumerate(due.rows.tolist()):
-        payload = encode_reading(times[i], _metrics(columns, i), seqs[i])
-        yield Message(row, _topic(table, row, TELEMETRY), payload, 1)
+            out.append(Message(row, _topic(table, row, TELEMETRY), encode_readings(items), width))
+        return out
+    values = model.step(rows, slot_ms)
+    if adjust is not None:
+        adjust(rows, slot_ms, values)
+    columns = _columns(model, values)
+    seqs = schedule.seq(rows, slot_ms).tolist()
+    times = (slot_ms if ts_shift_ms is None else slot_ms + ts_shift_ms).tolist()
+    return [
+        Message(
+            row, _topic(table, row, TELEMETRY), encode_reading(times[i], _metrics(columns, i), seqs[i]), 1
+        )
+        for i, row in enumerate(rows.tolist())
+    ]
+
+
+def telemetry_messages(model: KindModel, schedule: KindSchedule, due: Due) -> Iterator[Message]:
+    """Telemetry for the reports in ``due``: one reading each, or a block of frozen readings."""
+    yield from render_telemetry(model, schedule, due.rows, due.slot_ms)

@@ -2,7 +2,12 @@
 
 Each gateway tracks its own acknowledgements (on_publish fires on PUBACK for QoS 1 and once
 the packet is written for QoS 0) and blocks the caller while too many messages are still
-outstanding, so the simulator never runs ahead of the broker.
+outstanding, so the simulator never runs ahead of the broker. With a command book, the
+gateways also subscribe (with wildcards) to the command topics of their devices and answer
+each command for them.
+
+``Pool`` is what the runner needs of a set of connections; ``simulator.fleet.DeviceFleet``
+(one connection per device) is the other implementation.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -21,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cityneuron.contract import TOPIC_ROOT, encode_status, now_ms
 from cityneuron.mqttclient import configure_client
 from cityneuron.settings import MqttSettings
+from simulator.commands import CommandBook, command_subscriptions
 from simulator.errors import PublishError
 
 log = logging.getLogger("cityneuron.simulator")
@@ -32,6 +39,33 @@ MAX_INFLIGHT = 1000
 # publish() waits: bounds memory and keeps well clear of the 65,535 message ids.
 MAX_OUTSTANDING = 5000
 STATUS_QOS = 1
+
+
+class DeviceLink(Protocol):
+    """The connection a device's messages go through."""
+
+    def publish(self, topic: str, payload: bytes, qos: int, *, retain: bool = False) -> bool: ...
+
+
+class Pool(Protocol):
+    """Connections publishing for the devices of a city, numbered in city table order.
+
+    A context manager: connect on enter; on exit drain, say goodbye and disconnect, leaving
+    ``unacked`` (messages never acknowledged) set.
+    """
+
+    unacked: int
+
+    @property
+    def errors(self) -> int: ...
+
+    def gateway_for(self, device_number: int) -> DeviceLink: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 def gateway_topic(client_id: str) -> str:
@@ -49,8 +83,12 @@ class Gateway:
         *,
         max_outstanding: int = MAX_OUTSTANDING,
         stop: threading.Event | None = None,
+        commands: CommandBook | None = None,
+        command_topics: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        self._commands = commands
+        self._command_topics = list(command_topics) if commands is not None else []
         # Once set, publish() stops waiting for room: a dead broker must not block a shutdown.
         self._stop = stop or threading.Event()
         self.client_id = client_id
@@ -79,6 +117,7 @@ class Gateway:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
 
     # --- paho callbacks (network thread) ---------------------------------------------------
 
@@ -90,6 +129,9 @@ class Gateway:
             log.error("gateway %s: broker refused the connection: %s", self.client_id, reason)
         else:
             log.debug("gateway %s connected", self.client_id)
+            # A clean session forgets subscriptions: subscribe again on every connect.
+            if self._command_topics:
+                client.subscribe([(topic, 1) for topic in self._command_topics])
             self._connected.set()
 
     def _on_disconnect(
@@ -105,6 +147,15 @@ class Gateway:
         with self._cond:
             self.acked += 1
             self._cond.notify_all()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._commands is None:
+            return
+        ack = self._commands.handle(message.topic, bytes(message.payload))
+        if ack is not None:
+            # Straight to paho, not publish(): waiting for room here would block the very
+            # thread that processes the acknowledgements. Acks are not device messages.
+            client.publish(ack.topic, ack.payload, qos=1)
 
     # --- API -------------------------------------------------------------------------------
 
@@ -180,7 +231,9 @@ class GatewayPool:
     """``connections`` gateways; a device always goes through the same one.
 
     Leaving the context waits up to ``drain_timeout_s`` in all for acknowledgements, says
-    goodbye on each gateway's status topic and disconnects cleanly.
+    goodbye on each gateway's status topic and disconnects cleanly. With ``commands``, the
+    command topics of the book's city are shared out over the gateways as wildcards, one per
+    (district, kind).
     """
 
     def __init__(
@@ -191,9 +244,18 @@ class GatewayPool:
         *,
         stop: threading.Event | None = None,
         drain_timeout_s: float = 30.0,
+        commands: CommandBook | None = None,
     ) -> None:
+        topics = command_subscriptions(commands.city) if commands is not None else []
         self.gateways = [
-            Gateway(settings, f"{client_id_prefix}-{n + 1}", stop=stop) for n in range(connections)
+            Gateway(
+                settings,
+                f"{client_id_prefix}-{n + 1}",
+                stop=stop,
+                commands=commands,
+                command_topics=topics[n::connections],
+            )
+            for n in range(connections)
         ]
         self.drain_timeout_s = drain_timeout_s
         self.unacked = 0

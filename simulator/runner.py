@@ -21,17 +21,21 @@ from types import FrameType
 from cityneuron.contract import now_ms
 from cityneuron.settings import Settings, SimulatorSettings
 from simulator.city import City, build_city
+from simulator.commands import CommandBook
 from simulator.drivers import Drivers
+from simulator.effects import Effects, EffectsSpec, load_effects_spec
+from simulator.fleet import make_pool
 from simulator.kinds import KindModel, build_models
-from simulator.messages import Message, status_messages, telemetry_messages
-from simulator.publisher import STATUS_QOS, GatewayPool
+from simulator.messages import Message
+from simulator.progress import ProgressReporter
+from simulator.publisher import STATUS_QOS, Pool
+from simulator.ramp import ANNOUNCE_AT_ONCE_MAX_DEVICES, StatusRamp
 from simulator.schedule import KindSchedule, build_schedules
 
 log = logging.getLogger("cityneuron.simulator")
 
 _TICK_S = 0.1
 _MAX_REPORTS_PER_PASS = 2_000
-_PROGRESS_EVERY_S = 30.0
 _DRAIN_TIMEOUT_S = 30.0
 
 
@@ -78,16 +82,22 @@ def _start_ms(options: SimulatorSettings, explicit_ms: int | None) -> int:
 
 
 class _Simulation:
-    """The city with its models and schedules, publishing through a gateway pool."""
+    """The city with its models and schedules, publishing through a gateway pool.
 
-    def __init__(self, city: City, pool: GatewayPool, qos: int, stop: threading.Event) -> None:
-        drivers = Drivers(city.seed)
+    ``spec``: the scenario and faults of the run (simulator.effects), applied to every message.
+    """
+
+    def __init__(
+        self, city: City, pool: Pool, qos: int, stop: threading.Event, spec: EffectsSpec | None = None
+    ) -> None:
+        drivers = Drivers(city.seed, spec.weather if spec is not None else None)
         self.city = city
         self.pool = pool
         self.qos = qos
         self.stop = stop
-        self.models: dict[str, KindModel] = build_models(city, drivers)
+        self._models: dict[str, KindModel] = build_models(city, drivers)
         self.schedules: dict[str, KindSchedule] = build_schedules(city.tables)
+        self.effects = Effects(city, self._models, self.schedules, spec)
         # A device's gateway is fixed by its number across the whole city.
         self._first_number: dict[str, int] = {}
         number = 0
@@ -96,6 +106,17 @@ class _Simulation:
             number += len(table)
         self.messages = 0
         self.readings = 0
+
+    @property
+    def models(self) -> dict[str, KindModel]:
+        return self._models
+
+    @models.setter
+    def models(self, models: dict[str, KindModel]) -> None:
+        # Updated in place: the effects render through the same (possibly wrapped) models.
+        replacement = dict(models)
+        self._models.clear()
+        self._models.update(replacement)
 
     def reports_per_ms(self) -> float:
         return sum(s.devices / s.interval_ms for s in self.schedules.values())
@@ -111,21 +132,26 @@ class _Simulation:
                 self.readings += message.readings
 
     def announce(self, ts_ms: int) -> None:
-        """Retained "online" status with registry facts for every device."""
-        for name, table in self.city.tables.items():
-            self._send(name, status_messages(table, ts_ms), qos=STATUS_QOS, retain=True)
+        """Retained status with registry facts for every device (offline in a scenario outage)."""
+        for name in self.city.tables:
+            self._send(name, self.effects.statuses(name, ts_ms), qos=STATUS_QOS, retain=True)
+        self.effects.flush(ts_ms)
 
     def publish_latest(self, at_ms: int) -> None:
         """One report per device: its latest slot at or before ``at_ms``."""
         for name, schedule in self.schedules.items():
-            due = schedule.latest(at_ms)
-            self._send(name, telemetry_messages(self.models[name], schedule, due), qos=self.qos, retain=False)
+            self._send(name, self.effects.telemetry(name, schedule.latest(at_ms)), qos=self.qos, retain=False)
+        self.effects.flush(at_ms)
 
     def publish_window(self, after_ms: int, until_ms: int) -> None:
-        """Every report with a slot in ``(after_ms, until_ms]``."""
+        """Every report with a slot in ``(after_ms, until_ms]``, and the scenario's status changes."""
+        for batch in self.effects.transitions(after_ms, until_ms):
+            qos, retain = (STATUS_QOS, True) if batch.status else (self.qos, False)
+            self._send(batch.kind, batch.messages, qos=qos, retain=retain)
         for name, schedule in self.schedules.items():
             due = schedule.due(after_ms, until_ms)
-            self._send(name, telemetry_messages(self.models[name], schedule, due), qos=self.qos, retain=False)
+            self._send(name, self.effects.telemetry(name, due), qos=self.qos, retain=False)
+        self.effects.flush(until_ms)
 
 
 @contextmanager
@@ -147,31 +173,43 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _loop(sim: _Simulation, clock: SimClock, stop: threading.Event, deadline: float | None) -> None:
+def _loop(
+    sim: _Simulation,
+    clock: SimClock,
+    stop: threading.Event,
+    deadline: float | None,
+    *,
+    until_ms: int | None = None,
+    ramp: StatusRamp | None = None,
+    json_progress: bool = False,
+) -> None:
+    """Publish every report as its slot passes on ``clock`` until ``deadline`` (monotonic),
+    ``until_ms`` (simulated: a backfill's end) or ``stop``; report progress on stderr."""
     max_pass_ms = max(1000, int(_MAX_REPORTS_PER_PASS / max(sim.reports_per_ms(), 1e-12)))
     done_ms = clock.start_ms
-    next_progress = time.monotonic() + _PROGRESS_EVERY_S
-    while not stop.is_set():
-        wall = time.monotonic()
-        if deadline is not None and wall >= deadline:
-            break
-        target = clock.now_ms()
-        until = min(target, done_ms + max_pass_ms)
-        if until > done_ms:
-            sim.publish_window(done_ms, until)
-            done_ms = until
-        if wall >= next_progress:
-            next_progress = wall + _PROGRESS_EVERY_S
+    progress = ProgressReporter(sim.city.devices, json_lines=json_progress)
+    try:
+        while not stop.is_set():
+            wall = time.monotonic()
+            if deadline is not None and wall >= deadline:
+                break
+            if until_ms is not None and done_ms >= until_ms:
+                break
+            target = clock.now_ms() if until_ms is None else min(clock.now_ms(), until_ms)
+            until = min(target, done_ms + max_pass_ms)
+            if until > done_ms:
+                sim.publish_window(done_ms, until)
+                done_ms = until
+            if ramp is not None and not ramp.done:
+                for kind, statuses in ramp.take().items():
+                    sim._send(kind, statuses, qos=STATUS_QOS, retain=True)
             lag_s = (clock.now_ms() - done_ms) / 1000.0
-            log.info(
-                "published %d messages (%d readings); simulated time lags by %.1f s",
-                sim.messages,
-                sim.readings,
-                lag_s,
-            )
-        if until >= target:
-            wait = _TICK_S if deadline is None else max(0.0, min(_TICK_S, deadline - time.monotonic()))
-            stop.wait(wait)
+            progress.update(sim.messages, sim.readings, sim.pool.errors, done_ms, lag_s)
+            if until >= target:
+                wait = _TICK_S if deadline is None else max(0.0, min(_TICK_S, deadline - time.monotonic()))
+                stop.wait(wait)
+    finally:
+        progress.close()
 
 
 def run(
@@ -181,6 +219,9 @@ def run(
     once: bool = False,
     start_ms: int | None = None,
     stop_event: threading.Event | None = None,
+    until_ms: int | None = None,
+    announce: bool = True,
+    json_progress: bool = False,
 ) -> SimSummary:
     """Simulate the city of ``settings.simulator`` against ``settings.mqtt``.
 
@@ -188,38 +229,46 @@ def run(
     Otherwise run for ``duration_s`` wall seconds, or until ``stop_event`` is set or (on the
     main thread) SIGINT/SIGTERM arrives. Every device first gets its retained online status.
     Returns after every QoS 1 message has been acknowledged (or the drain timed out).
+    ``until_ms``: stop once simulated time reaches it (a backfill through the broker).
+    ``announce=False``: no statuses (the registry was loaded with ``--registry direct``); a
+    city above ``ANNOUNCE_AT_ONCE_MAX_DEVICES`` ramps its statuses out (simulator.ramp).
+    ``json_progress``: progress reports as JSON lines on stderr.
     """
     started = time.monotonic()
     options = settings.simulator
-    city = build_city(options.preset, options.scale, options.seed)
+    city = build_city(options.preset, options.scale, options.seed, options.shard_index_count())
     stop = stop_event or threading.Event()
     clock = SimClock(_start_ms(options, start_ms), options.speed)
     log.info(
-        "simulating preset=%s scale=%s devices=%d connections=%d qos=%d speed=%s once=%s",
+        "simulating preset=%s scale=%s devices=%d mode=%s connections=%d qos=%d speed=%s once=%s",
         options.preset,
         options.scale,
         city.devices,
-        options.connections,
+        options.mode,
+        city.devices if options.mode == "device" else options.connections,
         options.qos,
         options.speed,
         once,
     )
-    pool = GatewayPool(
-        settings.mqtt,
-        options.connections,
-        options.client_id_prefix,
-        stop=stop,
-        drain_timeout_s=_DRAIN_TIMEOUT_S,
-    )
+    # Devices obey downlink commands from the simulated instant they arrive (simulator.commands).
+    commands = CommandBook(city, clock.now_ms)
+    # Scenario and fault files are checked before any connection is made.
+    spec = load_effects_spec(options, clock.start_ms)
+    pool = make_pool(settings, city, stop=stop, commands=commands, drain_timeout_s=_DRAIN_TIMEOUT_S)
     with _stop_on_signals(stop), pool:
-        sim = _Simulation(city, pool, options.qos, stop)
-        sim.announce(clock.start_ms)
-        # Every device's most recent report first, as from a fleet that was already running: a
-        # dashboard sees all kinds at once, not an air station an hour and a meter a day later.
-        sim.publish_latest(clock.start_ms)
+        sim = _Simulation(city, pool, options.qos, stop, spec)
+        sim.models = commands.wrap(sim.models)
+        ramped = city.devices > ANNOUNCE_AT_ONCE_MAX_DEVICES and not once
+        if announce and not ramped:
+            sim.announce(clock.start_ms)
+        if not ramped:
+            # Every device's most recent report first, as from a fleet that was already running: a
+            # dashboard sees all kinds at once, not an air station an hour and a meter a day later.
+            sim.publish_latest(clock.start_ms)
         if not once:
             deadline = None if duration_s is None else started + duration_s
-            _loop(sim, clock, stop, deadline)
+            ramp = StatusRamp(city, clock.start_ms) if announce and ramped else None
+            _loop(sim, clock, stop, deadline, until_ms=until_ms, ramp=ramp, json_progress=json_progress)
     unacked = pool.unacked
     summary = SimSummary(
         devices=city.devices,

@@ -1,4 +1,7 @@
-"""`cityneuron up` as a user runs it: the whole stack in one command, stopped with Ctrl-C."""
+"""`cityneuron up` as a user runs it: the whole stack in one command, stopped with Ctrl-C.
+
+The stack's broker is the secure one: every child connects with its own credentials.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,74 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
+from cityneuron.provision import DASHBOARD_USER
 from cityneuron.servers import free_port
+from cityneuron.stack import CERT_PORT_OFFSET, WEBSOCKETS_PORT_OFFSET
+
+
+def _free_port_run(count: int) -> int:
+    """A port p with p .. p+count-1 all free (the TLS, client-certificate and WebSocket listeners)."""
+    while True:
+        base = free_port()
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+                with socket.socket() as sock:
+                    sock.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return base
+
+
+def _ports() -> dict[str, int]:
+    ports = {name: free_port() for name in ("mqtt", "postgres", "api", "ingest")}
+    tls = _free_port_run(3)
+    ports |= {"tls": tls, "cert": tls + CERT_PORT_OFFSET, "ws": tls + WEBSOCKETS_PORT_OFFSET}
+    return ports
+
+
+def _env(process_env: dict[str, str], ports: dict[str, int]) -> dict[str, str]:
+    return {**process_env, "CITYNEURON_STACK__MQTT_TLS_PORT": str(ports["tls"])}
+
+
+def _mqtt_connack(port: int, user: tuple[str, str] | None, transport: str = "tcp") -> ReasonCode | None:
+    """Connect, wait for CONNACK, subscribe to city/# for a moment; returns the CONNACK code."""
+    result: dict[str, Any] = {"messages": []}
+    connected = threading.Event()
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        result["reason"] = reason
+        connected.set()
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        transport=transport,  # type: ignore[arg-type]
+    )
+    client.on_connect = on_connect
+    if user is not None:
+        client.username_pw_set(*user)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        connected.wait(10)
+        return result.get("reason")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @pytest.fixture
@@ -46,7 +109,7 @@ def _up_command(home: Path, ports: dict[str, int], *extra: str) -> list[str]:
     ]
 
 
-def _wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -61,13 +124,13 @@ def _wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untype
 
 
 def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[str, str]) -> None:
-    ports = {name: free_port() for name in ("mqtt", "postgres", "api", "ingest")}
+    ports = _ports()
     process = subprocess.Popen(
         _up_command(stack_home, ports, "--speed", "60"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=process_env,
+        env=_env(process_env, ports),
     )
     output: list[str] = []
     try:
@@ -105,6 +168,21 @@ def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[
                 "a pole's latest reading",
             )
             assert "lamp_level" in latest["metrics"]
+            # Writes need a key; `up` wrote an admin token for the person running it.
+            command = {"command": "set_lamp_level", "args": {"level": 40}}
+            path = f"/devices/{pole['device_id']}/commands"
+            assert client.post(path, json=command).status_code == 401
+            token = (stack_home / "secrets" / "api-admin.token").read_text().strip()
+            accepted_command = client.post(path, json=command, headers={"Authorization": f"Bearer {token}"})
+            assert accepted_command.status_code == 202, accepted_command.text
+        # The broker is the secure one: no anonymous clients; dashboards log in over WebSockets
+        # with the password `up` provisioned.
+        assert f"mqtts://<host>:{ports['tls']}" in banner
+        refused = _mqtt_connack(ports["mqtt"], None)
+        assert refused is not None and refused.is_failure
+        dashboard_password = (stack_home / "secrets" / f"{DASHBOARD_USER}.password").read_text().strip()
+        accepted = _mqtt_connack(ports["ws"], (DASHBOARD_USER, dashboard_password), transport="websockets")
+        assert accepted is not None and not accepted.is_failure
     finally:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
@@ -117,12 +195,16 @@ def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[
 
 
 def test_up_busy_port_is_a_one_line_error(stack_home: Path, process_env: dict[str, str]) -> None:
-    ports = {name: free_port() for name in ("mqtt", "postgres", "api", "ingest")}
+    ports = _ports()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", ports["api"]))
         blocker.listen()
         result = subprocess.run(
-            _up_command(stack_home, ports), capture_output=True, text=True, env=process_env, timeout=60
+            _up_command(stack_home, ports),
+            capture_output=True,
+            text=True,
+            env=_env(process_env, ports),
+            timeout=60,
         )
     assert result.returncode == 1
     assert f"port {ports['api']} for the API is busy" in result.stderr
@@ -130,8 +212,8 @@ def test_up_busy_port_is_a_one_line_error(stack_home: Path, process_env: dict[st
 
 
 def test_up_missing_binary_says_what_to_do(stack_home: Path, process_env: dict[str, str]) -> None:
-    ports = {name: free_port() for name in ("mqtt", "postgres", "api", "ingest")}
-    env = {**process_env, "CITYNEURON_STACK__MOSQUITTO_BIN": "/nonexistent/mosquitto"}
+    ports = _ports()
+    env = {**_env(process_env, ports), "CITYNEURON_STACK__MOSQUITTO_BIN": "/nonexistent/mosquitto"}
     result = subprocess.run(
         _up_command(stack_home, ports), capture_output=True, text=True, env=env, timeout=120
     )

@@ -1,0 +1,236 @@
+"""Backfill: history through the broker and ingest, or COPYed straight into the database;
+progress reports and the summary's shape."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from cityneuron import contract
+from cityneuron.catalog import KINDS
+from cityneuron.cli import main
+from cityneuron.settings import DatabaseSettings, Settings
+from ingest.service import IngestService
+from simulator.backfill import backfill_broker, parse_time_ms
+from simulator.city import City, build_city
+from simulator.direct import backfill_direct
+from simulator.drivers import Drivers
+from simulator.kinds import build_models
+from simulator.messages import telemetry_messages
+from simulator.progress import ProgressReporter, ProgressSnapshot, format_summary
+from simulator.schedule import KindSchedule, build_schedules
+
+_HOUR_MS = 3_600_000
+
+
+def _wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _report_readings(schedule: KindSchedule, rows: np.ndarray, slot_ms: np.ndarray) -> set[tuple[int, int]]:
+    """(table row, reading time) of every reading the reports carry."""
+    if schedule.frozen_readings:
+        frozen = schedule.frozen_times(slot_ms)
+        return set(zip(np.repeat(rows, frozen.shape[1]).tolist(), frozen.ravel().tolist(), strict=True))
+    return set(zip(rows.tolist(), slot_ms.tolist(), strict=True))
+
+
+def _expected(city: City, from_ms: int, to_ms: int) -> dict[str, set[tuple[str, int]]]:
+    """(device id, reading time) of the reports with a slot in [from_ms, to_ms), by kind."""
+    out: dict[str, set[tuple[str, int]]] = {}
+    for name, schedule in build_schedules(city.tables).items():
+        due = schedule.due(from_ms - 1, to_ms - 1)
+        table = city.tables[name]
+        out[name] = {(table.device_id(r), t) for r, t in _report_readings(schedule, due.rows, due.slot_ms)}
+    return out
+
+
+def _stored(url: str) -> dict[str, set[tuple[str, int]]]:
+    out: dict[str, set[tuple[str, int]]] = {}
+    with psycopg.connect(url) as conn:
+        for kind in KINDS:
+            rows = conn.execute(
+                sql.SQL("SELECT device_id, (extract(epoch FROM time) * 1000)::bigint FROM {}").format(
+                    sql.Identifier(kind.table)
+                )
+            ).fetchall()
+            out[kind.name] = {(d, int(t)) for d, t in rows}
+    return out
+
+
+def _count(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_broker_backfill_stores_every_reading_of_the_range_once(settings: Settings) -> None:
+    settings = settings.model_copy(
+        update={"simulator": settings.simulator.model_copy(update={"scale": 0.2, "seed": 11})}
+    )
+    options = settings.simulator
+    city = build_city(options.preset, options.scale, options.seed)
+    to_ms = (contract.now_ms() // 60_000) * 60_000 - _HOUR_MS
+    from_ms = to_ms - 15 * 60_000
+    expected = _expected(city, from_ms, to_ms)
+    # The run starts with each device's latest report before the range, as a live run does.
+    before: dict[str, set[tuple[str, int]]] = {}
+    for name, schedule in build_schedules(city.tables).items():
+        latest = schedule.latest(from_ms - 1)
+        table = city.tables[name]
+        before[name] = {
+            (table.device_id(r), t) for r, t in _report_readings(schedule, latest.rows, latest.slot_ms)
+        }
+    total = sum(len(expected[k] | before[k]) for k in expected)
+    with IngestService(settings) as ingest:
+        assert ingest.wait_ready(30)
+        summary = backfill_broker(settings, from_ms, to_ms)
+        assert summary.errors == 0
+        # Each reading published exactly once: no reading in two messages, none left out.
+        assert summary.readings == total
+        _wait_until(
+            lambda: sum(len(s) for s in _stored(settings.database.url).values()) >= total,
+            90,
+            f"{total} readings in the database",
+        )
+    stored = _stored(settings.database.url)
+    for name, readings in expected.items():
+        assert readings <= stored[name], name
+        assert stored[name] - readings == before[name] - readings, name
+    assert sum(len(expected[k]) for k in expected) > 1000
+    assert _count(settings.database.url, "SELECT count(*) FROM dead_letter") == 0
+    assert _count(settings.database.url, "SELECT count(*) FROM devices") == city.devices
+
+
+def test_direct_backfill_writes_the_range_and_is_idempotent(any_database: DatabaseSettings) -> None:
+    settings = Settings(database=any_database, simulator={"scale": 0.2, "seed": 5})  # type: ignore[arg-type]
+    city = build_city("small", 0.2, 5)
+    to_ms = parse_time_ms("2025-03-10T06:00:00Z")
+    from_ms = to_ms - 3 * _HOUR_MS
+    expected = _expected(city, from_ms, to_ms)
+    first = backfill_direct(settings, from_ms, to_ms)
+    assert first.devices == city.devices == first.registered
+    assert first.readings == first.stored == sum(len(v) for v in expected.values())
+    assert _stored(any_database.url) == expected
+    url = any_database.url
+    with_reports = sum(1 for v in expected.values() for _ in {d for d, _ in v})
+    assert _count(url, "SELECT count(*) FROM latest_reading") == with_reports
+    assert _count(url, "SELECT count(*) FROM devices WHERE lat IS NOT NULL AND online") == city.devices
+    # What went in is what the device would have sent on the wire.
+    models = build_models(city, Drivers(city.seed))
+    schedules = build_schedules(city.tables)
+    with psycopg.connect(url) as conn:
+        for kind in KINDS:
+            due = schedules[kind.name].due(from_ms - 1, to_ms - 1)
+            if not len(due):
+                continue
+            message = next(iter(telemetry_messages(models[kind.name], schedules[kind.name], due)))
+            item = contract.decode_telemetry(message.payload)[-1]
+            reading = contract.decode_reading(item)
+            device_id = contract.parse_topic(message.topic).device_id
+            row = conn.execute(
+                sql.SQL("SELECT seq, {} FROM {} WHERE device_id = %s AND time = %s").format(
+                    sql.SQL(", ").join(sql.Identifier(n) for n in kind.metric_names),
+                    sql.Identifier(kind.table),
+                ),
+                (device_id, contract.ms_to_datetime(reading.ts_ms)),
+            ).fetchone()
+            assert row is not None, kind.name
+            assert row[0] == reading.seq
+            stored = {n: v for n, v in zip(kind.metric_names, row[1:], strict=True) if v is not None}
+            assert stored == pytest.approx(reading.metrics), kind.name
+    # Running it again changes nothing.
+    second = backfill_direct(settings, from_ms, to_ms)
+    assert second.registered == 0 and second.stored == 0
+    assert second.readings == first.readings
+    assert _stored(url) == expected
+
+
+def test_cli_direct_registry_and_backfill(
+    database: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--preset", "small", "--scale", "0.1", "--database-url", database.url, "--json"]
+    assert main(["--log-level", "WARNING", "sim", "--direct", *common]) == 0
+    registry = json.loads(capsys.readouterr().out)
+    assert registry["devices"] == registry["registered"] == build_city("small", 0.1).devices
+    argv = [
+        "sim",
+        "--direct",
+        "--backfill-from",
+        "2025-01-01T00:00:00Z",
+        "--backfill-to",
+        "2025-01-01T01:00Z",
+    ]
+    assert main(["--log-level", "WARNING", *argv, *common]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert set(summary) == {"devices", "registered", "reports", "readings", "stored", "elapsed_s"}
+    assert summary["registered"] == 0 and summary["stored"] == summary["readings"] > 0
+    # Progress went to stderr as JSON lines, never to stdout.
+    for line in err.splitlines():
+        assert set(json.loads(line)["progress"]) == set(ProgressSnapshot.__dataclass_fields__)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_reports_rates_and_json_shape() -> None:
+    stream = io.StringIO()
+    clock = _Clock()
+    progress = ProgressReporter(3050, stream=stream, json_lines=True, log_interval_s=30.0, clock=clock)
+    progress.update(10, 10, 0, 1_700_000_000_000, 0.0)
+    assert stream.getvalue() == ""  # nothing before the first interval
+    clock.now += 30.0
+    progress.update(3000, 6000, 2, 1_700_000_030_000, 1.25)
+    record = json.loads(stream.getvalue())["progress"]
+    assert record == {
+        "devices": 3050,
+        "messages": 3000,
+        "readings": 6000,
+        "errors": 2,
+        "msgs_per_s": 100.0,
+        "readings_per_s": 200.0,
+        "lag_s": 1.2,
+        "simulated_time": "2023-11-14T22:13:50Z",
+        "elapsed_s": 30.0,
+    }
+    progress.close()
+    line = format_summary({"devices": 3050, "messages": 3000, "elapsed_s": 30.0})
+    assert "messages=3,000" in line and "(100 msgs/s)" in line
+
+
+def test_progress_redraws_in_place_on_a_terminal() -> None:
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = _Terminal()
+    clock = _Clock()
+    progress = ProgressReporter(10, stream=stream, clock=clock)
+    for step in range(1, 4):
+        clock.now += 1.0
+        progress.update(step * 10, step * 10, 0, 1_700_000_000_000, 0.0)
+    progress.close()
+    text = stream.getvalue()
+    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
+    assert "30 msgs" in text and "10 devices" in text
