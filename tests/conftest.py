@@ -106,7 +106,8 @@ def settings(broker: MosquittoBroker, database: DatabaseSettings) -> Settings:
     return Settings(
         mqtt=MqttSettings(port=broker.port),
         database=database,
-        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50},  # type: ignore[arg-type]
+        # http_port 0: an ephemeral port, never the machine's 9108 (a running `cityneuron up`).
+        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},  # type: ignore[arg-type]
     )
 
 
