@@ -7,6 +7,7 @@ or a JSON array of such objects (store-and-forward uploads).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -148,11 +149,47 @@ def encode_readings(readings: list[tuple[int, dict[str, float], int | None]]) ->
     return orjson.dumps(items)
 
 
+def _non_finite_numbers(payload: bytes) -> list[str]:
+    """The non-finite numbers of a payload that is valid JSON apart from them; [] when it is not."""
+    found: list[str] = []
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            found.append(text[:40])
+        return value
+
+    def constant(text: str) -> float:
+        found.append(text)
+        return float(text)
+
+    try:
+        json.loads(
+            payload,
+            parse_constant=constant,
+            parse_float=number,
+            parse_int=lambda text: int(text) if len(text) < 300 else number(text),
+        )
+    except (ValueError, RecursionError):
+        return []
+    return found
+
+
 def loads(payload: bytes) -> Any:
-    """Parse JSON, mapping the codec's error to ContractError(malformed_json)."""
+    """Parse JSON; ContractError(non_finite) for NaN/Infinity/overflowing numbers, else
+    ContractError(malformed_json) when the codec refuses it.
+
+    orjson refuses non-finite numbers like any other syntax error; the standard library parser,
+    whose hooks see every number, tells them apart (a slow path run for refused payloads only).
+    """
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
+        non_finite = _non_finite_numbers(payload)
+        if non_finite:
+            raise ContractError(
+                Reason.NON_FINITE, f"non-finite numbers: {', '.join(non_finite[:5])}"
+            ) from None
         raise ContractError(Reason.MALFORMED_JSON, str(exc)[:200]) from exc
 
 

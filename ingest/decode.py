@@ -20,7 +20,6 @@ from cityneuron import contract
 from cityneuron.catalog import KIND_BY_NAME
 from cityneuron.errors import ContractError, Reason
 from cityneuron.settings import IngestSettings
-from ingest.payload import loads, telemetry_items
 
 # The database refused a message that passed validation (see the poison-message fallback).
 STORE_FAILED = Reason.STORE_FAILED
@@ -176,7 +175,7 @@ def _check_age(ts_ms: int, limits: Limits, now_ms: int) -> None:
 def _decode_telemetry(decoded: Decoded, limits: Limits, now_ms: int) -> None:
     assert decoded.topic is not None
     kind = KIND_BY_NAME[decoded.topic.kind]
-    items = telemetry_items(decoded.message.payload)
+    items = contract.decode_telemetry(decoded.message.payload)
     single = len(items) == 1
     for index, item in enumerate(items):
         prefix = "" if single else f"reading {index}: "
@@ -216,12 +215,7 @@ def _refused_part(reading: contract.Reading, problems: list[contract.MetricProbl
 
 
 def _decode_status(payload: bytes, limits: Limits, now_ms: int) -> StatusUpdate:
-    try:
-        status = contract.decode_status(payload)
-    except ContractError as exc:
-        if exc.reason == Reason.MALFORMED_JSON:
-            loads(payload)  # raises non_finite when that is what the parser refused
-        raise
+    status = contract.decode_status(payload)
     _check_age(status.ts_ms, limits, now_ms)
     facts = status.device or {}
     return StatusUpdate(

@@ -105,7 +105,11 @@ def test_encode_roundtrip() -> None:
     ("payload", "reason"),
     [
         (b"{not json", Reason.MALFORMED_JSON),
-        (b"NaN", Reason.MALFORMED_JSON),
+        # Not JSON, but told apart: the sender has a sensor fault, not a broken encoder.
+        (b"NaN", Reason.NON_FINITE),
+        (b'{"ts": 1, "m": {"pm25": Infinity}}', Reason.NON_FINITE),
+        (b'{"ts": 1, "m": {"pm25": 1e999}}', Reason.NON_FINITE),
+        (b'{"ts": 1, "m": {"pm25": NaN', Reason.MALFORMED_JSON),
         (b'"text"', Reason.BAD_SHAPE),
         (b"[]", Reason.BAD_SHAPE),
     ],
