@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cityneuron.settings import MqttSettings
 
@@ -31,3 +33,23 @@ def configure_client(
     context = tls_context(settings)
     if context is not None:
         client.tls_set_context(context)
+
+
+_RECONNECT_MIN_DELAY_S = 1
+
+
+def mqtt5_client(client_id: str, settings: MqttSettings, logger_name: str) -> mqtt.Client:
+    """An MQTT 5 service client (ingest, API) with credentials, TLS, logging and reconnect back-off
+    from 1 s up to ``settings.reconnect_max_delay_s``; callbacks are the caller's."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.enable_logger(logging.getLogger(logger_name))
+    client.reconnect_delay_set(
+        min_delay=_RECONNECT_MIN_DELAY_S,
+        max_delay=max(_RECONNECT_MIN_DELAY_S, round(settings.reconnect_max_delay_s)),
+    )
+    configure_client(client, settings)
+    return client

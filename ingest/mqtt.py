@@ -18,14 +18,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityneuron import contract
-from cityneuron.mqttclient import configure_client
+from cityneuron.mqttclient import mqtt5_client
 from cityneuron.settings import IngestSettings, MqttSettings
 from ingest.alerts.engine import Transition
 from ingest.decode import Message
@@ -36,7 +35,6 @@ log = logging.getLogger("cityneuron.ingest")
 # Keep the session (subscriptions and queued messages) through 30 days of ingest downtime, like
 # the broker's persistent_client_expiration for MQTT 3 clients (broker/conf.d).
 SESSION_EXPIRY_S = 30 * 24 * 3600
-_RECONNECT_MIN_DELAY_S = 1
 # Up to this much random delay before a reconnect, so a fleet of ingest processes does not
 # reconnect in lockstep after a broker restart.
 _RECONNECT_JITTER_S = 1.0
@@ -81,18 +79,8 @@ class MqttSource:
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self._ingest.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        client.enable_logger(logging.getLogger("cityneuron.ingest.paho"))
+        client = mqtt5_client(self._ingest.client_id, self._mqtt, "cityneuron.ingest.paho")
         client.manual_ack_set(True)
-        client.reconnect_delay_set(
-            min_delay=_RECONNECT_MIN_DELAY_S,
-            max_delay=max(_RECONNECT_MIN_DELAY_S, round(self._mqtt.reconnect_max_delay_s)),
-        )
-        configure_client(client, self._mqtt)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

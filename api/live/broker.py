@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -26,12 +26,11 @@ from api.live.events import alert_event, reading_events
 from api.live.hub import Hub
 from cityneuron import contract
 from cityneuron.errors import ContractError
-from cityneuron.mqttclient import configure_client
+from cityneuron.mqttclient import mqtt5_client
 from cityneuron.settings import MqttSettings
 
 log = logging.getLogger("cityneuron.api.live")
 
-_RECONNECT_MIN_DELAY_S = 1
 # How long a command publish may wait for the broker's PUBACK before the API gives up.
 PUBLISH_TIMEOUT_S = 5.0
 _SUBSCRIBED_POLL_S = 0.05
@@ -69,17 +68,7 @@ class BrokerLink:
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        client.enable_logger(logging.getLogger("cityneuron.api.paho"))
-        client.reconnect_delay_set(
-            min_delay=_RECONNECT_MIN_DELAY_S,
-            max_delay=max(_RECONNECT_MIN_DELAY_S, round(self._mqtt.reconnect_max_delay_s)),
-        )
-        configure_client(client, self._mqtt)
+        client = mqtt5_client(self.client_id, self._mqtt, "cityneuron.api.paho")
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
