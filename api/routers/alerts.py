@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from api import listparams
-from api.cursors import decode_cursor, encode_cursor
+from api.cursors import decode_time_key, encode_time_key
 from api.deps import Conn, Cursor, PageLimit
 from api.errors import BadRequest, NotFound
 from api.models_ops import AlertOut, AlertPage, AlertState
 from api.queries import alerts as queries
 from api.routers import ERRORS
-from api.timeparse import from_epoch_us, parse_instant, to_epoch_us
+from api.timeparse import parse_instant
 
 router = APIRouter(prefix="/alerts", tags=["alerts"], responses=ERRORS)
 
@@ -31,14 +31,10 @@ def _instant(name: str, value: str | None) -> datetime | None:
 
 
 def _decode(cursor: str) -> tuple[datetime, int]:
-    value = decode_cursor(cursor, _CURSOR)
-    micros, _, alert_id = value.partition("|")
-    try:
-        return from_epoch_us(int(micros)), int(alert_id)
-    except (ValueError, OverflowError):
-        raise BadRequest(
-            "cursor is not valid: pass next_cursor from the previous page", code="bad_cursor"
-        ) from None
+    opened_at, alert_id = decode_time_key(cursor, _CURSOR)
+    if not alert_id.isdigit():
+        raise BadRequest("cursor is not valid: pass next_cursor from the previous page", code="bad_cursor")
+    return opened_at, int(alert_id)
 
 
 @router.get("", response_model=AlertPage, summary="Alerts, newest first, filtered")
@@ -86,7 +82,7 @@ async def list_alerts(
     next_cursor = None
     if more and items:
         last = items[-1]
-        next_cursor = encode_cursor(_CURSOR, f"{to_epoch_us(last.opened_at)}|{last.id}")
+        next_cursor = encode_time_key(_CURSOR, last.opened_at, last.id)
     return AlertPage(items=items, next_cursor=next_cursor)
 
 

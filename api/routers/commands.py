@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.cursors import decode_cursor, encode_cursor
+from api.cursors import decode_time_key, encode_time_key
 from api.deps import Conn, Cursor, PageLimit, State
 from api.errors import ApiError, BadRequest, NotFound, device_not_found
 from api.live.broker import BrokerUnavailable
@@ -21,7 +21,6 @@ from api.models import ErrorBody
 from api.models_ops import CommandOut, CommandPage, CommandRequest
 from api.queries import commands as queries
 from api.routers import ERRORS
-from api.timeparse import from_epoch_us, to_epoch_us
 from cityneuron import contract
 from cityneuron.errors import ContractError
 
@@ -91,12 +90,12 @@ async def list_commands(
 ) -> CommandPage:
     if await queries.command_target(conn, device_id) is None:
         raise device_not_found(device_id)
-    before = _decode(cursor) if cursor is not None else None
+    before = decode_time_key(cursor, _CURSOR) if cursor is not None else None
     items, more = await queries.list_commands(conn, device_id, before=before, limit=limit)
     next_cursor = None
     if more and items:
         last = items[-1]
-        next_cursor = encode_cursor(_CURSOR, f"{to_epoch_us(last.created_at)}|{last.command_id}")
+        next_cursor = encode_time_key(_CURSOR, last.created_at, last.command_id)
     return CommandPage(items=items, next_cursor=next_cursor)
 
 
@@ -111,17 +110,3 @@ async def get_command(
     if command is None:
         raise NotFound(f"device {device_id!r} has no command {command_id!r}", code="command_not_found")
     return command
-
-
-def _decode(cursor: str) -> tuple[datetime, str]:
-    value = decode_cursor(cursor, _CURSOR)
-    micros, sep, command_id = value.partition("|")
-    try:
-        created_at = from_epoch_us(int(micros))
-    except (ValueError, OverflowError):
-        raise BadRequest(
-            "cursor is not valid: pass next_cursor from the previous page", code="bad_cursor"
-        ) from None
-    if not sep or not command_id:
-        raise BadRequest("cursor is not valid: pass next_cursor from the previous page", code="bad_cursor")
-    return created_at, command_id
