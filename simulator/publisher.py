@@ -36,8 +36,10 @@ log = logging.getLogger("cityneuron.simulator")
 # acknowledges each as soon as it has stored it.
 MAX_INFLIGHT = 1000
 # Messages handed to paho but not yet acknowledged (or, at QoS 0, not yet written) before
-# publish() waits: bounds memory and keeps well clear of the 65,535 message ids.
-MAX_OUTSTANDING = 5000
+# publish() waits: bounds memory and keeps well clear of the 65,535 message ids. A small window
+# is faster, not slower: with thousands outstanding paho's per-message bookkeeping dominates
+# (bench/sim_gateway.py: QoS 1 6.4 k msg/s with 100 vs 2.5 k with 5,000; QoS 0 about equal).
+MAX_OUTSTANDING = 100
 STATUS_QOS = 1
 
 
