@@ -2,7 +2,8 @@
 
 Telemetry: ``city/{district}/{kind}/{device_id}/telemetry`` carrying
 ``{"ts": <epoch ms | RFC 3339>, "seq": <int, optional>, "m": {<metric>: <number>}}``
-or a JSON array of such objects (store-and-forward uploads).
+or a JSON array of such objects (store-and-forward uploads). Gateway batches:
+``city/{district}/{kind}/_batch/telemetry`` carrying ``{"readings": [{"id": <device id>, ...}, ...]}``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from cityneuron.catalog import DISTRICT_BY_SLUG, KIND_BY_NAME, Kind
+from cityneuron.catalog import DISTRICT_BY_SLUG, KIND_BY_NAME, KINDS, Kind
 from cityneuron.errors import ContractError, Reason
 
 CONTRACT_VERSION = 1
@@ -32,6 +33,12 @@ CMD_ACK = "cmd/ack"
 CHANNELS = (TELEMETRY, STATUS, EVENT, CMD, CMD_ACK)
 ALERTS_TOPIC_ROOT = f"{TOPIC_ROOT}/alerts"
 
+# Gateway batches (readings of several devices in one message) go to
+# ``city/{district}/{kind}/_batch/telemetry``: the underscore is outside DEVICE_ID_PATTERN, so no
+# device (and no device ACL pattern, which substitutes the device id) can ever name that level.
+BATCH_DEVICE = "_batch"
+MAX_BATCH_READINGS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceTopic:
@@ -41,6 +48,11 @@ class DeviceTopic:
     kind: str
     device_id: str
     channel: str
+
+    @property
+    def is_batch(self) -> bool:
+        """A gateway batch topic: the devices are named in the payload, not here."""
+        return self.device_id == BATCH_DEVICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +98,25 @@ def parse_topic(topic: str) -> DeviceTopic:
         parts = [*parts[:4], CMD_ACK]
     if len(parts) != 5 or parts[0] != TOPIC_ROOT:
         raise ContractError(Reason.BAD_TOPIC, f"topic {topic!r} is not city/<district>/<kind>/<id>/<channel>")
+    if parts[3] == BATCH_DEVICE:
+        return _check_batch_parts(parts[1], parts[2], parts[4])
     return _check_topic_parts(*parts[1:])
+
+
+def _check_batch_parts(district: str, kind: str, channel: str) -> DeviceTopic:
+    if district not in DISTRICT_BY_SLUG:
+        raise ContractError(Reason.UNKNOWN_DISTRICT, f"unknown district {district!r}")
+    if kind not in KIND_BY_NAME:
+        raise ContractError(Reason.UNKNOWN_KIND, f"unknown kind {kind!r}")
+    if channel != TELEMETRY:
+        raise ContractError(Reason.BAD_TOPIC, f"gateway batches carry telemetry only, not {channel!r}")
+    return DeviceTopic(district, kind, BATCH_DEVICE, TELEMETRY)
+
+
+def batch_topic(district: str, kind: str) -> str:
+    """``city/{district}/{kind}/_batch/telemetry``: readings of several devices of one district and kind."""
+    _check_batch_parts(district, kind, TELEMETRY)
+    return f"{TOPIC_ROOT}/{district}/{kind}/{BATCH_DEVICE}/{TELEMETRY}"
 
 
 # --- timestamps -------------------------------------------------------------------------------
@@ -147,6 +177,17 @@ def encode_readings(readings: list[tuple[int, dict[str, float], int | None]]) ->
             item["seq"] = seq
         items.append(item)
     return orjson.dumps(items)
+
+
+def encode_batch(items: list[tuple[str, int, dict[str, float], int | None]]) -> bytes:
+    """Encode (device_id, ts_ms, metrics, seq) readings of several devices as a gateway batch."""
+    readings: list[dict[str, Any]] = []
+    for device_id, ts_ms, metrics, seq in items:
+        item: dict[str, Any] = {"id": device_id, "ts": ts_ms, "m": metrics}
+        if seq is not None:
+            item["seq"] = seq
+        readings.append(item)
+    return orjson.dumps({"readings": readings})
 
 
 def _non_finite_numbers(payload: bytes) -> list[str]:
@@ -223,6 +264,34 @@ def decode_telemetry(payload: bytes) -> list[Any]:
     raise ContractError(Reason.BAD_SHAPE, f"payload must be an object or an array, not {type(body).__name__}")
 
 
+def decode_batch(payload: bytes) -> list[Any]:
+    """Parse a gateway batch into its raw items; ContractError when the message as a whole is
+    refused. Each item is checked on its own (:func:`batch_item_device`, :func:`decode_reading`)."""
+    body = loads(payload)
+    if not isinstance(body, dict) or not isinstance(body.get("readings"), list):
+        raise ContractError(Reason.BAD_SHAPE, 'a gateway batch must be an object with a "readings" array')
+    items: list[Any] = body["readings"]
+    if not items:
+        raise ContractError(Reason.BAD_SHAPE, "empty gateway batch")
+    if len(items) > MAX_BATCH_READINGS:
+        raise ContractError(
+            Reason.TOO_LARGE, f"gateway batch of {len(items)} readings exceeds {MAX_BATCH_READINGS}"
+        )
+    return items
+
+
+def batch_item_device(item: Any) -> str:
+    """The device id a batch item names; ContractError(bad_shape) when it names none."""
+    if not isinstance(item, dict):
+        raise ContractError(Reason.BAD_SHAPE, f"a reading must be an object, not {type(item).__name__}")
+    device_id = item.get("id")
+    if not isinstance(device_id, str) or not is_device_id(device_id):
+        raise ContractError(
+            Reason.BAD_SHAPE, f"batch reading id {device_id!r} is not a device id ({DEVICE_ID_PATTERN})"[:200]
+        )
+    return device_id
+
+
 @dataclass(frozen=True, slots=True)
 class MetricProblem:
     metric: str
@@ -230,8 +299,29 @@ class MetricProblem:
     detail: str
 
 
+# Per kind: metric name -> (low, high), for the fast path of check_metrics (ingest's hottest loop).
+_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    kind.name: {m.name: (m.low, m.high) for m in kind.metrics} for kind in KINDS
+}
+_PLAIN_NUMBERS = (int, float)  # exact types: bool is a subclass of int and must be refused
+
+
 def check_metrics(kind: Kind, metrics: dict[str, Any]) -> tuple[dict[str, float], list[MetricProblem]]:
     """Split raw metric values into the valid ones and the problems, by the catalog."""
+    good: dict[str, float] = {}
+    bounds = _BOUNDS[kind.name]
+    for name, value in metrics.items():
+        limits = bounds.get(name)
+        # NaN fails the comparison and infinities are out of range, so both take the slow path.
+        if limits is None or type(value) not in _PLAIN_NUMBERS or not limits[0] <= value <= limits[1]:
+            return _check_metrics_slowly(kind, metrics)
+        good[name] = float(value)
+    return good, []
+
+
+def _check_metrics_slowly(
+    kind: Kind, metrics: dict[str, Any]
+) -> tuple[dict[str, float], list[MetricProblem]]:
     good: dict[str, float] = {}
     problems: list[MetricProblem] = []
     for name, value in metrics.items():

@@ -21,6 +21,7 @@ class Reason(StrEnum):
     UNKNOWN_KIND = "unknown_kind"
     UNKNOWN_DEVICE = "unknown_device"
     KIND_MISMATCH = "kind_mismatch"
+    DISTRICT_MISMATCH = "district_mismatch"
     TOO_LARGE = "too_large"
     MALFORMED_JSON = "malformed_json"
     BAD_SHAPE = "bad_shape"

@@ -1,7 +1,11 @@
 """Decoding and validation of inbound messages into reading rows, status updates and dead letters.
 
 Pure functions: no database, no network. The checks that need the device registry (unknown
-device, kind mismatch) happen in :mod:`ingest.registry`, inside the batch transaction.
+device, kind or district mismatch) happen in :mod:`ingest.registry`, inside the batch transaction.
+
+A gateway batch (``city/{district}/{kind}/_batch/telemetry``) decodes into one :class:`Decoded`
+for the message (acked once, after its commit) holding one part per device it names; the store
+writes the parts (:func:`expand`) exactly as it writes single-device messages.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -17,12 +22,14 @@ from typing import Any
 import orjson
 
 from cityneuron import contract
-from cityneuron.catalog import KIND_BY_NAME
+from cityneuron.catalog import KIND_BY_NAME, Kind
 from cityneuron.errors import ContractError, Reason
 from cityneuron.settings import IngestSettings
 
 # The database refused a message that passed validation (see the poison-message fallback).
 STORE_FAILED = Reason.STORE_FAILED
+# A device registered in another district than its topic (or batch topic) says.
+DISTRICT_MISMATCH = Reason.DISTRICT_MISMATCH
 
 _MS_PER_DAY = 86_400_000
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -80,27 +87,50 @@ class Decoded:
     rows: list[Row] = field(default_factory=list)
     status: StatusUpdate | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # A gateway batch message: one part per device it names (each part's topic names the device).
+    parts: list[Decoded] = field(default_factory=list)
+    # A part of a gateway batch: its raw items, which its own dead letters hold by default.
+    items: list[Any] | None = None
 
     @property
     def device_id(self) -> str | None:
-        return self.topic.device_id if self.topic else None
+        return self.topic.device_id if self.topic and not self.topic.is_batch else None
 
     def dead_letter(self, reason: str, detail: str, payload: bytes | None = None) -> DeadLetter:
         msg = self.message
+        if payload is None:
+            # A part keeps its own device's items (as a batch, so it can be sent again), never
+            # the other devices' readings.
+            payload = msg.payload if self.items is None else orjson.dumps({"readings": self.items})
         return DeadLetter(
             topic=_text(msg.topic),
             device_id=self.device_id,
             reason=str(reason),
             detail=_text(detail)[:_DETAIL_MAX_CHARS],
-            payload=msg.payload if payload is None else payload,
+            payload=payload,
             received_at=msg.received_at,
         )
 
     def reject(self, reason: str, detail: str, payload: bytes | None = None) -> None:
-        """Dead-letter the whole message instead of storing any part of it."""
+        """Dead-letter the whole message (or batch part) instead of storing any part of it."""
         self.rows = []
         self.status = None
+        self.parts = []
         self.dead_letters = [self.dead_letter(reason, detail, payload)]
+
+
+def expand(batch: Iterable[Decoded]) -> list[Decoded]:
+    """The messages of a write batch with each gateway batch replaced by its per-device parts (and
+    by itself when it holds dead letters of its own: the whole message's, or items naming no device)."""
+    expanded: list[Decoded] = []
+    for decoded in batch:
+        if decoded.topic is None or not decoded.topic.is_batch:
+            expanded.append(decoded)
+            continue
+        expanded += decoded.parts
+        if decoded.dead_letters:
+            expanded.append(decoded)
+    return expanded
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +176,9 @@ def decode_message(message: Message, limits: Limits, now_ms: int) -> Decoded:
         )
         return decoded
     try:
-        if topic.channel == contract.TELEMETRY:
+        if topic.is_batch:
+            _decode_batch(decoded, limits, now_ms)
+        elif topic.channel == contract.TELEMETRY:
             _decode_telemetry(decoded, limits, now_ms)
         elif topic.channel == contract.STATUS:
             decoded.status = _decode_status(message.payload, limits, now_ms)
@@ -178,30 +210,65 @@ def _decode_telemetry(decoded: Decoded, limits: Limits, now_ms: int) -> None:
     items = contract.decode_telemetry(decoded.message.payload)
     single = len(items) == 1
     for index, item in enumerate(items):
-        prefix = "" if single else f"reading {index}: "
         # A bad item of an array is kept alone; a single reading keeps the original bytes.
-        item_payload = None if single else orjson.dumps(item)
+        _decode_item(decoded, kind, item, "" if single else f"reading {index}: ", not single, limits, now_ms)
+
+
+def _decode_batch(decoded: Decoded, limits: Limits, now_ms: int) -> None:
+    """Split a gateway batch into one part per device; a bad item is dead-lettered alone."""
+    topic = decoded.topic
+    assert topic is not None
+    kind = KIND_BY_NAME[topic.kind]
+    parts: dict[str, Decoded] = {}
+    for index, item in enumerate(contract.decode_batch(decoded.message.payload)):
+        prefix = f"reading {index}: "
         try:
-            reading = contract.decode_reading(item)
-            _check_age(reading.ts_ms, limits, now_ms)
+            device_id = contract.batch_item_device(item)
         except ContractError as exc:
-            decoded.dead_letters.append(decoded.dead_letter(exc.reason, prefix + exc.detail, item_payload))
-            continue
-        good, problems = contract.check_metrics(kind, reading.metrics)
-        if good:
-            decoded.rows.append(Row(reading.ts_ms, reading.seq, good))
-        # One dead letter per reason. When part of the reading is stored, the dead letter holds
-        # exactly the refused part (ts, seq and those metrics), so the row and the dead letter
-        # together are the message: nothing is dropped and nothing is kept twice.
-        by_reason: dict[Reason, list[contract.MetricProblem]] = defaultdict(list)
-        for problem in problems:
-            by_reason[problem.reason].append(problem)
-        for reason, group in by_reason.items():
-            payload = _refused_part(reading, group) if good else item_payload
-            details = "; ".join(problem.detail for problem in group)
             decoded.dead_letters.append(
-                decoded.dead_letter(reason, f"{prefix}ts {reading.ts_ms}: {details}", payload)
+                decoded.dead_letter(exc.reason, prefix + exc.detail, orjson.dumps(item))
             )
+            continue
+        part = parts.get(device_id)
+        if part is None:
+            part_topic = contract.DeviceTopic(topic.district, topic.kind, device_id, contract.TELEMETRY)
+            part = parts[device_id] = Decoded(decoded.message, part_topic, items=[])
+        assert part.items is not None
+        part.items.append(item)
+        _decode_item(part, kind, item, prefix, True, limits, now_ms)
+    decoded.parts = list(parts.values())
+
+
+def _decode_item(
+    decoded: Decoded, kind: Kind, item: Any, prefix: str, alone: bool, limits: Limits, now_ms: int
+) -> None:
+    """Add one reading object's valid metrics as a row and its problems as dead letters; with
+    ``alone``, a dead letter of the whole reading holds just this item."""
+    try:
+        reading = contract.decode_reading(item)
+        _check_age(reading.ts_ms, limits, now_ms)
+    except ContractError as exc:
+        payload = orjson.dumps(item) if alone else None
+        decoded.dead_letters.append(decoded.dead_letter(exc.reason, prefix + exc.detail, payload))
+        return
+    good, problems = contract.check_metrics(kind, reading.metrics)
+    if good:
+        decoded.rows.append(Row(reading.ts_ms, reading.seq, good))
+    if not problems:
+        return
+    # One dead letter per reason. When part of the reading is stored, the dead letter holds
+    # exactly the refused part (ts, seq and those metrics), so the row and the dead letter
+    # together are the message: nothing is dropped and nothing is kept twice.
+    by_reason: dict[Reason, list[contract.MetricProblem]] = defaultdict(list)
+    for problem in problems:
+        by_reason[problem.reason].append(problem)
+    whole = orjson.dumps(item) if alone and not good else None
+    for reason, group in by_reason.items():
+        payload = _refused_part(reading, group) if good else whole
+        details = "; ".join(problem.detail for problem in group)
+        decoded.dead_letters.append(
+            decoded.dead_letter(reason, f"{prefix}ts {reading.ts_ms}: {details}", payload)
+        )
 
 
 def _refused_part(reading: contract.Reading, problems: list[contract.MetricProblem]) -> bytes:

@@ -32,6 +32,7 @@ from ingest.staging import StagedKind
 @dataclass(slots=True)
 class _Device:
     kind: str
+    district: str
     messages: int
     last_seen_at: datetime | None
     seq_max: int | None
@@ -63,7 +64,7 @@ def lock_devices(conn: psycopg.Connection, batch: list[Decoded]) -> dict[str, _D
     if not ids:
         return {}
     rows = conn.execute(
-        "SELECT d.device_id, d.kind, d.messages, d.last_seen_at, d.seq_max, d.seq_gaps,"
+        "SELECT d.device_id, d.kind, d.district, d.messages, d.last_seen_at, d.seq_max, d.seq_gaps,"
         " d.seq_duplicates, d.seq_reordered,"
         " (extract(epoch FROM l.time) * 1000)::bigint"
         " FROM devices AS d LEFT JOIN latest_reading AS l USING (device_id)"
@@ -78,8 +79,8 @@ def account(devices: dict[str, _Device], batch: list[Decoded], staged: Iterable[
     for decoded in batch:
         topic = decoded.topic
         device = devices.get(topic.device_id) if topic is not None else None
-        if topic is None or device is None or device.kind != topic.kind:
-            continue  # unknown device or kind mismatch: dead-lettered, not this device's message
+        if topic is None or device is None or (device.kind, device.district) != (topic.kind, topic.district):
+            continue  # unknown device, kind or district mismatch: dead-lettered, not this device's message
         seen_s: float | None = None
         if topic.channel == contract.TELEMETRY:
             device.messages += 1

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from cityneuron.contract import ms_to_datetime
 from cityneuron.errors import Reason
-from ingest.decode import Decoded
+from ingest.decode import DISTRICT_MISMATCH, Decoded
 
 # About 100 bytes an entry: a million devices is ~100 MB. Beyond it the cache starts over and
 # refills from the database, one query per batch for the devices it sees.
@@ -22,19 +22,19 @@ _CACHE_MAX_DEVICES = 1_000_000
 
 
 class DeviceCache:
-    """device_id -> registered kind, for devices known to be in the registry."""
+    """device_id -> registered (kind, district), for devices known to be in the registry."""
 
     def __init__(self, max_devices: int = _CACHE_MAX_DEVICES) -> None:
-        self._kinds: dict[str, str] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}
         self._max_devices = max_devices
 
     def __len__(self) -> int:
         return len(self._kinds)
 
-    def get(self, device_id: str) -> str | None:
+    def get(self, device_id: str) -> tuple[str, str] | None:
         return self._kinds.get(device_id)
 
-    def learn(self, kinds: dict[str, str]) -> None:
+    def learn(self, kinds: dict[str, tuple[str, str]]) -> None:
         if len(self._kinds) + len(kinds) > self._max_devices:
             self._kinds.clear()
         self._kinds.update(kinds)
@@ -44,7 +44,7 @@ class DeviceCache:
 class Resolution:
     """Registry facts learned inside the current transaction (to cache once it commits)."""
 
-    learned: dict[str, str]
+    learned: dict[str, tuple[str, str]]
     registered: int
 
 
@@ -52,7 +52,8 @@ def resolve_devices(
     conn: psycopg.Connection, batch: Iterable[Decoded], cache: DeviceCache, *, auto_register: bool
 ) -> Resolution:
     """Look up (and, when allowed, register) the devices of a batch, then dead-letter the messages
-    of unknown devices and of devices whose registered kind differs from the topic's."""
+    of unknown devices and of devices whose registered kind or district differs from the topic's
+    (a district-scoped gateway may only speak for the devices of its districts)."""
     batch = list(batch)
     missing: dict[str, tuple[str, str]] = {}
     for decoded in batch:
@@ -61,7 +62,7 @@ def resolve_devices(
             continue
         if cache.get(topic.device_id) is None and topic.device_id not in missing:
             missing[topic.device_id] = (topic.kind, topic.district)
-    learned: dict[str, str] = {}
+    learned: dict[str, tuple[str, str]] = {}
     registered = 0
     if missing:
         ids = list(missing)
@@ -74,19 +75,24 @@ def resolve_devices(
                     (ids, [missing[i][0] for i in ids], [missing[i][1] for i in ids]),
                 )
                 registered = max(cur.rowcount, 0)
-            cur.execute("SELECT device_id, kind FROM devices WHERE device_id = ANY(%s)", (ids,))
-            learned = {device_id: kind for device_id, kind in cur.fetchall()}
+            cur.execute("SELECT device_id, kind, district FROM devices WHERE device_id = ANY(%s)", (ids,))
+            learned = {device_id: (kind, district) for device_id, kind, district in cur.fetchall()}
     for decoded in batch:
         topic = decoded.topic
         if topic is None or not (decoded.rows or decoded.status):
             continue
-        kind = cache.get(topic.device_id) or learned.get(topic.device_id)
-        if kind is None:
+        known = cache.get(topic.device_id) or learned.get(topic.device_id)
+        if known is None:
             decoded.reject(Reason.UNKNOWN_DEVICE, f"device {topic.device_id!r} is not registered")
-        elif kind != topic.kind:
+        elif known[0] != topic.kind:
             decoded.reject(
                 Reason.KIND_MISMATCH,
-                f"device {topic.device_id!r} is registered as {kind!r}, topic says {topic.kind!r}",
+                f"device {topic.device_id!r} is registered as {known[0]!r}, topic says {topic.kind!r}",
+            )
+        elif known[1] != topic.district:
+            decoded.reject(
+                DISTRICT_MISMATCH,
+                f"device {topic.device_id!r} is registered in {known[1]!r}, topic says {topic.district!r}",
             )
     return Resolution(learned, registered)
 

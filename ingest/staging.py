@@ -30,6 +30,9 @@ class KindStatements:
     types: tuple[str, ...]
     # Inserts the staged rows and returns the ``ord`` of those it did not insert (stored before).
     insert: sql.Composed
+    # Inserts the staged rows without conflict handling: fails on the first duplicate, about
+    # twice as fast as ON CONFLICT (speculative insertion) when there is none, the usual case.
+    insert_new: sql.Composed
     latest: sql.Composed
 
 
@@ -82,6 +85,16 @@ def _kind_statements(kind: Kind) -> KindStatements:
         received=received_expr,
         stage=stage,
     )
+    insert_new = sql.SQL(
+        "INSERT INTO {table} (time, device_id, seq, received_at, {metrics})"
+        " SELECT {time}, device_id, seq, {received}, {metrics} FROM {stage}"
+    ).format(
+        table=sql.Identifier(kind.table),
+        metrics=metric_list,
+        time=time_expr,
+        received=received_expr,
+        stage=stage,
+    )
     # The newest device timestamp wins; a late, older reading only goes to history. A newer
     # reading that carries only some metrics keeps the others from before (old || new). The
     # newest row per device is picked first, so only one row per device builds a jsonb.
@@ -101,7 +114,7 @@ def _kind_statements(kind: Kind) -> KindStatements:
         stage=stage,
     )
     types = ("int4", "int8", "text", "int8", "int8", *("float8" for _ in kind.metrics))
-    return KindStatements(create_stage, copy, types, insert, latest)
+    return KindStatements(create_stage, copy, types, insert, insert_new, latest)
 
 
 STATEMENTS: dict[str, KindStatements] = {kind.name: _kind_statements(kind) for kind in KINDS}
@@ -131,6 +144,13 @@ class StagedKind:
 
     def device_ids(self) -> list[str]:
         return [row[2] for row in self.rows]
+
+    def has_repeats(self) -> bool:
+        """True when some (device, time) occurs twice in this batch."""
+        return len({(row[2], row[1]) for row in self.rows}) < len(self.rows)
+
+    def mark_all_new(self) -> None:
+        self.duplicate = [False] * len(self.rows)
 
     def mark_duplicates(self, stored_before: Iterable[int]) -> None:
         """Flag the rows the database did not insert: ``stored_before`` holds their ``ord``; a

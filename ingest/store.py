@@ -16,18 +16,19 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from cityneuron.schema import SCHEMA_VERSION, SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings
 from ingest.alerts.engine import AlertEngine, Plan, Transition
 from ingest.alerts.rules import RuleSet
 from ingest.alerts.store import SilenceReport, apply_plan, check_silence, load_open_alerts, load_windows
-from ingest.decode import DeadLetter, Decoded
+from ingest.decode import DeadLetter, Decoded, expand
 from ingest.errors import IngestError
 from ingest.quality import CREATE_STAGE as CREATE_DEVICE_STAGE
 from ingest.quality import QualityTotals, account, lock_devices, write_devices
 from ingest.registry import DeviceCache, apply_statuses, resolve_devices
-from ingest.staging import STATEMENTS, stage_batch
+from ingest.staging import STATEMENTS, KindStatements, StagedKind, stage_batch
 
 log = logging.getLogger("cityneuron.ingest")
 
@@ -57,6 +58,12 @@ class BatchOutcome:
     alerts: list[Transition] = field(default_factory=list)
 
 
+# Sorts of a batch (DISTINCT ON, the latest-value pick) spill to disk at the default work_mem
+# of 4 MB from a few thousand wide readings on; this keeps them in memory.
+_WORK_MEM = "64MB"
+# After a batch of a kind met a duplicate, this many of its next batches skip the fast insert.
+_SKIP_FAST_INSERT_BATCHES = 16
+
 _DEAD_LETTER_TYPES = ("timestamptz", "text", "text", "text", "text", "bytea")
 
 
@@ -76,6 +83,7 @@ class ReadingStore:
         self._auto_register = auto_register
         self._engine = engine
         self._conn: psycopg.Connection | None = None
+        self._conflict_batches_left: Counter[str] = Counter()
         self.retention_s: float | None = None
 
     @property
@@ -97,6 +105,7 @@ class ReadingStore:
             **_KEEPALIVE_OPTIONS,
         )
         try:
+            conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(_WORK_MEM)))
             self._ensure_schema(conn)
             for statements in STATEMENTS.values():
                 conn.execute(statements.create_stage)
@@ -162,6 +171,7 @@ class ReadingStore:
         conn = self._connection()
         outcome = BatchOutcome()
         plan = Plan()
+        batch = expand(batch)  # gateway batches: one part per device
         with conn.transaction():
             resolution = resolve_devices(conn, batch, self._cache, auto_register=self._auto_register)
             outcome.registered = resolution.registered
@@ -174,8 +184,7 @@ class ReadingStore:
                         copy.set_types(list(statements.types))
                         for row in kind_rows.rows:
                             copy.write_row(row)
-                    cur.execute(statements.insert)
-                    kind_rows.mark_duplicates(ord_ for (ord_,) in cur.fetchall())
+                    self._insert(conn, cur, statements, kind_rows)
                     cur.execute(statements.latest)
                     stored = kind_rows.stored
                     outcome.stored[kind_name] += stored
@@ -199,6 +208,31 @@ class ReadingStore:
                 [k.ts_ms()[~np.array(k.duplicate, dtype=bool)] for k in staged.values()]
             )
         return outcome
+
+    def _insert(
+        self, conn: psycopg.Connection, cur: psycopg.Cursor[Any], statements: KindStatements, rows: StagedKind
+    ) -> None:
+        """Move the staged rows into the readings table, flagging those stored before.
+
+        Duplicates are rare (resends after a reconnect), so first try the plain insert in a
+        savepoint; a duplicate makes it fail and the ON CONFLICT statement does the batch. After
+        a conflict, the next few batches of the kind go straight to ON CONFLICT: resends come in
+        runs (a redelivered session), and each failed attempt costs an insert.
+        """
+        kind = rows.kind.name
+        if self._conflict_batches_left[kind] <= 0 and not rows.has_repeats():
+            try:
+                with conn.transaction():
+                    cur.execute(statements.insert_new)
+            except psycopg.errors.UniqueViolation:
+                self._conflict_batches_left[kind] = _SKIP_FAST_INSERT_BATCHES
+            else:
+                rows.mark_all_new()
+                return
+        else:
+            self._conflict_batches_left[kind] -= 1
+        cur.execute(statements.insert)
+        rows.mark_duplicates(ord_ for (ord_,) in cur.fetchall())
 
     def check_silence(self, rules: RuleSet, silent_after_intervals: float) -> SilenceReport:
         """Count silent devices and open/close silence alerts, in a transaction of its own."""

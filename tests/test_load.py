@@ -4,20 +4,38 @@ broker, a real ingest and a real PostgreSQL (with deliberately injected loss).""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
+from test_sim_commands import Watcher
 
 from cityneuron.cli import main
 from cityneuron.errors import ConfigError
-from cityneuron.settings import MqttSettings, Settings
+from cityneuron.provision import (
+    CITY_GATEWAY,
+    DASHBOARD_USER,
+    INGEST_USER,
+    GatewayScope,
+    Provisioned,
+    provision,
+)
+from cityneuron.servers import BrokerSecurity, MosquittoBroker, broker_owner, free_port
+from cityneuron.settings import DatabaseSettings, MqttSettings, Settings
 from ingest.service import IngestService
 from simulator.city import build_city
 from simulator.load.cli import EXIT_FAILED, mqtt_from_url
 from simulator.load.latency import LatencyHistogram
+from simulator.load.parallel import devices_share
 from simulator.load.payloads import LoadDevices, MessageFactory, Style
 from simulator.load.shapes import LoadProfile, OpenLoopSchedule, Shape, intended_offsets
+from simulator.load.storm import busiest_district, district_devices
 
 # --- schedule and latency accounting (no servers) ---------------------------------------------
 
@@ -123,6 +141,10 @@ def _args(settings: Settings, *extra: str) -> list[str]:
         "50",
         "--settle-timeout",
         "30",
+        # The rate gate has its own test; a loaded 2-core CI machine finishing a 3 s run 150 ms
+        # late must not fail the others.
+        "--min-rate-fraction",
+        "0.5",
         "--json",
         *extra,
     ]
@@ -196,3 +218,175 @@ def test_unreachable_rate_fails_the_run(
     report = _report(capsys)
     assert report["reconciliation"]["missing"] == 0
     assert status == EXIT_FAILED and report["passed"] is False
+
+
+# --- multi-process and reconnect-storm support (no servers) ------------------------------------
+
+
+def test_histogram_merge_is_exact() -> None:
+    values = np.random.default_rng(3).lognormal(-3, 1.5, 20_000)
+    whole, first, second = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    whole.record(values)
+    first.record(values[:7_000])
+    second.record(values[7_000:])
+    first.merge(second)
+    assert first.count == whole.count == len(values)
+    assert first.max_s == whole.max_s
+    assert first.summary_ms() == whole.summary_ms()
+    for q in (1, 50, 99, 99.99, 100):
+        assert first.percentile(q) == whole.percentile(q)
+    empty = LatencyHistogram()
+    empty.merge(LatencyHistogram())
+    assert empty.count == 0 and empty.percentile(50) is None
+
+
+def test_process_shares_split_the_schedule_and_devices_exactly() -> None:
+    profile = LoadProfile(Shape.SPIKE, rate_per_s=137, duration_s=6, spike_factor=5, spike_s=2)
+    whole = intended_offsets(profile)
+    shares = [intended_offsets(profile, share=(k, 3)) for k in range(3)]
+    assert sum(len(s) for s in shares) == len(whole)
+    assert np.array_equal(np.sort(np.concatenate(shares)), whole)
+    schedule = OpenLoopSchedule(profile, share=(1, 3))
+    pieces = [schedule.due_until(t) for t in np.arange(0.05, 7, 0.05)]
+    assert np.array_equal(np.concatenate(pieces), shares[1]) and schedule.scheduled == len(shares[1])
+    devices = LoadDevices(build_city("small", seed=7), limit=10)
+    parts = [devices_share(devices, k, 3) for k in range(3)]
+    assert sorted(i for _, idx in parts for i in idx.tolist()) == list(range(10))
+    mine, indices = parts[2]
+    assert mine.ids == [devices.ids[i] for i in indices] and len(mine.next_seq) == len(mine) == 3
+
+
+# --- multi-process and reconnect-storm runs ------------------------------------------------------
+
+
+def test_two_processes_reconcile_to_the_single_process_schedule(
+    settings: Settings, ingest: IngestService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics_url = f"http://127.0.0.1:{ingest.http_port}/metrics"
+    status = main(
+        _args(
+            settings,
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--processes",
+            "2",
+            "--ingest-metrics",
+            metrics_url,
+        )
+    )
+    report = _report(capsys)
+    assert status == 0, report
+    single = len(intended_offsets(LoadProfile(Shape.STEADY, rate_per_s=300, duration_s=2)))
+    pub, rec = report["publish"], report["reconciliation"]
+    assert report["processes"] == 2
+    assert pub["scheduled_messages"] == pub["messages_sent"] == pub["readings_expected"] == single == 600
+    assert rec["expected"] == rec["stored"] == single and rec["missing"] == 0
+    # The merged generator histogram holds every message of both processes.
+    assert pub["send_lag_ms"]["p50"] is not None
+    # The ingest's own histogram, labelled as such, saw at least this run's readings.
+    lag = report["ingest_lag"]["cityneuron_ingest_lag_seconds"]
+    assert "ingest's own" in report["ingest_lag"]["source"] and lag["count"] >= single
+    assert report["ingest_lag"]["cityneuron_ingest_commit_seconds"]["count"] >= 1
+
+
+@dataclass
+class _PasswordBroker:
+    broker: MosquittoBroker
+    provisioned: Provisioned
+
+    def url(self, user: str) -> str:
+        return f"mqtt://{user}:{self.provisioned.password(user)}@127.0.0.1:{self.broker.port}"
+
+
+@pytest.fixture
+def password_broker() -> Iterator[_PasswordBroker]:
+    """A Mosquitto that refuses anonymous clients, provisioned for the load's 50 devices."""
+    root = Path(tempfile.mkdtemp(prefix="cityneuron-load-"))
+    root.chmod(0o711)  # the broker's own user must be able to enter it
+    devices = LoadDevices(build_city("small", seed=42), limit=50)
+    provisioned = provision(
+        root / "mosquitto" / "auth",
+        root / "secrets",
+        devices.ids,
+        gateways=(GatewayScope(CITY_GATEWAY),),
+        broker_owner=broker_owner(),
+    )
+    security = BrokerSecurity(password_file=provisioned.password_file, acl_file=provisioned.acl_file)
+    with MosquittoBroker(root / "mosquitto", free_port(), security=security) as broker:
+        yield _PasswordBroker(broker, provisioned)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_reconnect_storm_drops_a_district_and_loses_nothing_at_qos1(
+    password_broker: _PasswordBroker, database: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    provisioned = password_broker.provisioned
+    settings = Settings(
+        mqtt=MqttSettings(
+            port=password_broker.broker.port, username=INGEST_USER, password=provisioned.password(INGEST_USER)
+        ),
+        database=database,
+        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},  # type: ignore[arg-type]
+    )
+    devices = LoadDevices(build_city("small", seed=42), limit=50)
+    district = busiest_district(devices)
+    storm_ids = {devices.ids[d] for d in district_devices(devices, district)}
+    watcher = Watcher(password_broker.broker.port, DASHBOARD_USER, provisioned.password(DASHBOARD_USER))
+    try:
+        with IngestService(settings) as service:
+            assert service.wait_ready(30)
+            status = main(
+                [
+                    "load",
+                    "--mqtt-url",
+                    password_broker.url(CITY_GATEWAY),
+                    "--device-key",
+                    str(provisioned.device_key_file),
+                    "--database-url",
+                    database.url,
+                    "--devices",
+                    "50",
+                    "--shape",
+                    "reconnect-storm",
+                    "--storm-at",
+                    "1",
+                    "--rate",
+                    "200",
+                    "--duration",
+                    "3",
+                    "--settle-timeout",
+                    "30",
+                    "--min-rate-fraction",
+                    "0.5",  # the rate gate has its own test; a busy CI machine must not fail this one
+                    "--json",
+                ]
+            )
+        report = _report(capsys)
+    finally:
+        watcher.close()
+    assert status == 0, report
+    storm = report["storm"]
+    assert storm["district"] == district and storm["devices"] == len(storm_ids) >= 5
+    assert storm["dropped"] == storm["reconnected"] == storm["devices"]
+    assert storm["reconnects_counted_by_fleet"] >= storm["devices"]
+    assert (
+        storm["reconnect_s"]["p50"] is not None and storm["reconnect_s"]["max"] >= storm["reconnect_s"]["p50"]
+    )
+    # Messages due while the links were down went out after the reconnect and were stored.
+    assert storm["delayed_messages"] > 0 and storm["delayed_latency_ms"]["p50"] is not None
+    rec = report["reconciliation"]
+    assert rec["missing"] == 0 and rec["stored"] == rec["expected"] == report["publish"]["readings_expected"]
+    # The broker saw the storm: each storm device's will ("online": false without a time), then
+    # "online" again; no other device went offline before the end.
+    history: dict[str, list[dict[str, object]]] = {}
+    for topic, payload in watcher.messages:
+        parts = topic.split("/")
+        if parts[-1] == "status":
+            history.setdefault(parts[3], []).append(orjson.loads(payload))
+    for device_id in storm_ids:
+        statuses = history.get(device_id, [])
+        will = next(i for i, s in enumerate(statuses) if s == {"online": False})
+        assert any(s.get("online") is True for s in statuses[will + 1 :]), (device_id, statuses)
+    assert not any({"online": False} in statuses for d, statuses in history.items() if d not in storm_ids)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cityneuron.catalog import DISTRICTS
+from cityneuron.credentials import read_device_key
 from cityneuron.errors import ConfigError
 from cityneuron.settings import MqttSettings, Settings
-from simulator.city import build_city
+from simulator.city import City, build_city
+from simulator.load import ingest_metrics
+from simulator.load.parallel import LoadJob, publish_in_processes
 from simulator.load.payloads import LoadDevices, Style
-from simulator.load.publish import Injections, Progress, publish_load
+from simulator.load.publish import Injections, Progress, PublishResult, StormSetup, publish_load
 from simulator.load.reconcile import duplicates_snapshot, reconcile
 from simulator.load.report import LoadReport
 from simulator.load.shapes import LoadProfile, Shape
+from simulator.load.storm import StormPlan, busiest_district, delayed_latency
 
 EXIT_FAILED = 3
 
@@ -28,16 +34,46 @@ def add_parser(commands: Any) -> None:
     )
     load.add_argument("--rate", type=float, default=1000.0, help="target messages per second")
     load.add_argument("--duration", type=float, default=30.0, help="seconds of load")
-    load.add_argument(
-        "--shape", choices=[s.value for s in Shape if s is not Shape.RECONNECT_STORM], default="steady"
-    )
+    load.add_argument("--shape", choices=[s.value for s in Shape], default="steady")
     load.add_argument("--ramp", type=float, default=0.0, help="seconds of linear ramp-up")
     load.add_argument("--spike-factor", type=float, default=10.0)
     load.add_argument("--spike-seconds", type=float, default=10.0)
     load.add_argument("--qos", type=int, choices=[0, 1], default=1)
     load.add_argument("--style", choices=[s.value for s in Style], default="single")
-    load.add_argument("--readings-per-message", type=int, default=1, help="array style: readings per message")
+    load.add_argument(
+        "--readings-per-message",
+        type=int,
+        default=1,
+        help="array style: readings per message; batch style: devices per gateway batch",
+    )
     load.add_argument("--connections", type=int, default=2, help="gateway connections")
+    load.add_argument(
+        "--storm-district", help="reconnect-storm: the district to drop (default: most load devices)"
+    )
+    load.add_argument(
+        "--storm-at", type=float, help="reconnect-storm: seconds into the run (default: middle)"
+    )
+    load.add_argument(
+        "--storm-offline",
+        type=float,
+        default=0.0,
+        help="reconnect-storm: seconds the links stay down at least",
+    )
+    load.add_argument(
+        "--device-key",
+        type=Path,
+        help="device key file: per-device passwords (default: simulator.device_key_file)",
+    )
+    load.add_argument(
+        "--processes", type=int, default=1, help="publishing processes (about 10 k msg/s each at most)"
+    )
+    load.add_argument(
+        "--ingest-metrics",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="ingest /metrics URL (repeat per ingest process): add the ingest's own lag histogram",
+    )
     load.add_argument("--devices", type=int, help="use only this many of the city's devices")
     load.add_argument("--preset", dest="simulator__preset", choices=["small", "district"])
     load.add_argument("--seed", dest="simulator__seed", type=int)
@@ -93,11 +129,14 @@ def _progress_printer(target_rate: float) -> Any:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run the load, reconcile, print the report; exit 0 only when nothing was lost and the rate held."""
-    if args.rate <= 0 or args.duration <= 0 or args.connections < 1:
-        raise ConfigError("--rate, --duration and --connections must be positive")
+    if args.rate <= 0 or args.duration <= 0 or args.connections < 1 or args.processes < 1:
+        raise ConfigError("--rate, --duration, --connections and --processes must be positive")
     mqtt = mqtt_from_url(args.mqtt_url, settings.mqtt, args.tls_ca) if args.mqtt_url else settings.mqtt
     style = Style(args.style)
-    width = args.readings_per_message if style is Style.ARRAY else 1
+    if style is Style.BATCH and args.shape == Shape.RECONNECT_STORM:
+        # The storm drops devices' own links; a gateway batch is published by a gateway.
+        raise ConfigError("--style batch cannot be combined with --shape reconnect-storm")
+    width = args.readings_per_message if style in (Style.ARRAY, Style.BATCH) else 1
     try:
         profile = LoadProfile(
             Shape(args.shape), args.rate, args.duration, args.ramp, args.spike_factor, args.spike_seconds
@@ -105,22 +144,28 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     options = settings.simulator
-    devices = LoadDevices(build_city(options.preset, options.scale, options.seed), args.devices)
+    city = build_city(options.preset, options.scale, options.seed)
+    devices = LoadDevices(city, args.devices)
+    storm = _storm_plan(args, settings, devices, profile) if profile.shape is Shape.RECONNECT_STORM else None
     reconcile_db = not args.no_reconcile
     duplicates_before = duplicates_snapshot(settings.database.url, devices) if reconcile_db else 0
-    published = publish_load(
+    lag_before = ingest_metrics.scrape(args.ingest_metrics) if args.ingest_metrics else {}
+    job = LoadJob(
         mqtt,
-        devices,
+        options.preset,
+        options.scale,
+        options.seed,
+        args.devices,
         profile,
-        qos=args.qos,
-        style=style,
-        readings_per_message=width,
-        connections=args.connections,
-        injections=Injections(
-            args.inject_drop_every, args.inject_duplicate_every, args.inject_malformed_every
-        ),
-        on_progress=None if args.json else _progress_printer(args.rate),
+        args.qos,
+        style,
+        width,
+        args.connections,
+        Injections(args.inject_drop_every, args.inject_duplicate_every, args.inject_malformed_every),
+        storm,
+        args.processes,
     )
+    published = _publish(job, city, devices, None if args.json else _progress_printer(args.rate))
     if not args.json and sys.stderr.isatty():
         print(file=sys.stderr)
     reconciliation = None
@@ -133,6 +178,46 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             duplicates_before=duplicates_before,
             settle_timeout_s=args.settle_timeout,
         )
-    report = LoadReport(profile, args.qos, published, reconciliation, args.min_rate_fraction)
+        if published.storm is not None:
+            published.storm.delayed_latency_ms = delayed_latency(
+                settings.database.url, devices, published.storm.delayed_keys
+            )
+    ingest_lag = None
+    if args.ingest_metrics:
+        ingest_lag = ingest_metrics.run_delta(lag_before, ingest_metrics.scrape(args.ingest_metrics))
+    report = LoadReport(profile, args.qos, published, reconciliation, args.min_rate_fraction, ingest_lag)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.passed else EXIT_FAILED
+
+
+def _storm_plan(
+    args: argparse.Namespace, settings: Settings, devices: LoadDevices, profile: LoadProfile
+) -> StormPlan:
+    """The reconnect storm asked for: district, instant, and the devices' key (if any)."""
+    district = args.storm_district or busiest_district(devices)
+    if district not in {d.slug for d in DISTRICTS}:
+        raise ConfigError(f"--storm-district: unknown district {district!r}")
+    at_s = profile.duration_s / 2 if args.storm_at is None else args.storm_at
+    if not 0 <= at_s < profile.duration_s or args.storm_offline < 0:
+        raise ConfigError("--storm-at must fall within the run and --storm-offline must be >= 0")
+    key_file = args.device_key or settings.simulator.device_key_file
+    key = read_device_key(key_file) if key_file is not None else None
+    return StormPlan(district, at_s, args.storm_offline, key)
+
+
+def _publish(job: LoadJob, city: City, devices: LoadDevices, on_progress: Any) -> PublishResult:
+    """One publishing process here, or several (simulator/load/parallel.py)."""
+    if job.processes > 1:
+        return publish_in_processes(job, devices, on_progress)
+    return publish_load(
+        job.mqtt,
+        devices,
+        job.profile,
+        qos=job.qos,
+        style=job.style,
+        readings_per_message=job.readings_per_message,
+        connections=job.connections,
+        injections=job.injections,
+        on_progress=on_progress,
+        storm=None if job.storm is None else StormSetup(job.storm, city),
+    )

@@ -1,8 +1,14 @@
-"""The publishing phase: open-loop sends through gateway connections, with injected faults."""
+"""The publishing phase: open-loop sends through gateway connections, with injected faults.
+
+With a reconnect storm, the storm district's devices publish through their own connections
+instead (simulator/load/storm.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,9 +19,11 @@ from numpy.typing import NDArray
 
 from cityneuron.contract import now_ms
 from cityneuron.settings import MqttSettings
+from simulator.city import City
 from simulator.load.latency import LatencyHistogram
 from simulator.load.payloads import LoadDevices, LoadMessage, MessageFactory, Style
 from simulator.load.shapes import LoadProfile, OpenLoopSchedule
+from simulator.load.storm import StormPlan, StormResult, StormRun
 from simulator.publisher import GatewayPool
 
 log = logging.getLogger("cityneuron.load")
@@ -36,6 +44,14 @@ class Injections:
 
     def pick(self, n: int, every: int) -> bool:
         return every > 0 and n % every == every - 1
+
+
+@dataclass(frozen=True, slots=True)
+class StormSetup:
+    """A reconnect storm: the plan, and the city the load's devices come from (for the fleet)."""
+
+    plan: StormPlan
+    city: City
 
 
 @dataclass
@@ -65,6 +81,8 @@ class PublishResult:
     send_lag: LatencyHistogram
     expected_keys: list[NDArray[np.int64]] = field(repr=False)  # (device, ts_ms) rows
     devices: LoadDevices = field(repr=False)
+    storm: StormResult | None = None
+    processes: int = 1
 
 
 def publish_load(
@@ -80,21 +98,41 @@ def publish_load(
     stop: threading.Event | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 1.0,
+    storm: StormSetup | None = None,
+    share: tuple[int, int] = (0, 1),
+    ready: Callable[[], None] | None = None,
 ) -> PublishResult:
-    """Send the profile's schedule open loop; the intended time of message n is fixed in advance."""
+    """Send the profile's schedule open loop; the intended time of message n is fixed in advance.
+
+    ``share=(k, N)``: send only messages k, k + N, ... of the schedule (process k of N).
+    ``ready`` is called once every connection is up, just before the clock starts (a start
+    line for several publishing processes).
+    """
     stop = stop or threading.Event()
-    schedule = OpenLoopSchedule(profile)
+    schedule = OpenLoopSchedule(profile, share=share)
     send_lag = LatencyHistogram()
     expected: list[NDArray[np.int64]] = []
     sent = dropped = duplicated = malformed = 0
-    started_ms = now_ms()
-    factory = MessageFactory(devices, style, readings_per_message, started_ms)
-    with GatewayPool(mqtt, connections, f"cityneuron-load-{started_ms % 100000}", stop=stop) as pool:
+    client_prefix = f"cityneuron-load-{os.getpid()}-{now_ms() % 100000}"
+    with contextlib.ExitStack() as connections_up:
+        pool = connections_up.enter_context(GatewayPool(mqtt, connections, client_prefix, stop=stop))
+        storm_run = None
+        if storm is not None:
+            storm_run = connections_up.enter_context(
+                StormRun(mqtt, storm.city, devices, storm.plan, stop=stop)
+            )
+        if ready is not None:
+            ready()
+        # Device times count from here, once connected: connecting a fleet takes a while.
+        started_ms = now_ms()
+        factory = MessageFactory(devices, style, readings_per_message, started_ms)
         t0 = time.monotonic()
         next_progress = t0 + progress_every_s
         n = 0
         while not schedule.finished and not stop.is_set():
             elapsed = time.monotonic() - t0
+            if storm_run is not None:
+                storm_run.tick(elapsed)
             offsets = schedule.due_until(min(elapsed, schedule.done_s + _SLICE_S))
             if not len(offsets):
                 time.sleep(_IDLE_WAIT_S)
@@ -110,7 +148,10 @@ def publish_load(
                     if injections.pick(n, injections.malformed_every):
                         payload = MALFORMED_PAYLOAD
                         malformed += 1
-                    gateway = pool.gateway_for(message.device)
+                    own = storm_run.link_for(message.device) if storm_run is not None else None
+                    gateway = own if own is not None else pool.gateway_for(message.device)
+                    if storm_run is not None:
+                        storm_run.note(message)
                     sent += gateway.publish(message.topic, payload, qos)
                     if injections.pick(n, injections.duplicate_every):
                         sent += gateway.publish(message.topic, payload, qos)
@@ -123,6 +164,8 @@ def publish_load(
                 next_progress = now + progress_every_s
                 elapsed = now - t0
                 in_flight = sum(g.outstanding for g in pool.gateways) if qos else 0
+                if storm_run is not None:
+                    in_flight += storm_run.outstanding
                 on_progress(
                     Progress(
                         elapsed_s=elapsed,
@@ -130,11 +173,12 @@ def publish_load(
                         achieved_rate=sent / max(elapsed, 1e-9),
                         sent=sent,
                         in_flight=in_flight,
-                        errors=pool.errors,
+                        errors=pool.errors + (storm_run.fleet.errors if storm_run is not None else 0),
                         lag_ms=float(lags[-1] * 1000) if len(lags) else 0.0,
                     )
                 )
         duration_s = time.monotonic() - t0
+    fleet = storm_run.fleet if storm_run is not None else None
     keys = np.concatenate(expected) if expected else np.empty((0, 2), dtype=np.int64)
     return PublishResult(
         started_ms=started_ms,
@@ -146,11 +190,12 @@ def publish_load(
         dropped=dropped,
         duplicated=duplicated,
         malformed=malformed,
-        unacked=pool.unacked,
-        errors=pool.errors,
+        unacked=pool.unacked + (fleet.unacked if fleet is not None else 0),
+        errors=pool.errors + (fleet.errors if fleet is not None else 0),
         send_lag=send_lag,
         expected_keys=[keys],
         devices=devices,
+        storm=storm_run.result() if storm_run is not None else None,
     )
 
 
@@ -158,5 +203,4 @@ def _record_expected(expected: list[NDArray[np.int64]], message: LoadMessage, *,
     """Every reading is expected in the database, except those of a deliberately broken payload."""
     if malformed:
         return
-    rows = np.array([(message.device, ts) for ts, _ in message.readings], dtype=np.int64)
-    expected.append(rows)
+    expected.append(message.keys())

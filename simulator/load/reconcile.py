@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from cityneuron.catalog import KIND_BY_NAME
+from cityneuron.contract import batch_topic
 from simulator.errors import SimulatorError
 from simulator.load.payloads import LoadDevices
 
@@ -160,9 +161,13 @@ def _arrival_latency(conn: psycopg.Connection) -> dict[str, float | None]:
 
 
 def _dead_letters(conn: psycopg.Connection, devices: LoadDevices, started_ms: int) -> dict[str, int]:
+    """Dead letters of the load's devices, and of its gateway batches as a whole (those name no
+    device: a batch refused before its items were read, or an item naming no device)."""
+    batch_topics = sorted({batch_topic(devices.district_of(d), devices.kind[d]) for d in range(len(devices))})
     rows = conn.execute(
-        "SELECT reason, count(*) FROM dead_letter WHERE received_at >= %s AND device_id = ANY(%s)"
+        "SELECT reason, count(*) FROM dead_letter WHERE received_at >= %s"
+        " AND (device_id = ANY(%s) OR (device_id IS NULL AND topic = ANY(%s)))"
         " GROUP BY reason ORDER BY reason",
-        (datetime.fromtimestamp(started_ms / 1000, tz=UTC), devices.ids),
+        (datetime.fromtimestamp(started_ms / 1000, tz=UTC), devices.ids, batch_topics),
     ).fetchall()
     return {reason: int(n) for reason, n in rows}

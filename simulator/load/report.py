@@ -1,4 +1,11 @@
-"""The load test's verdict: a table for people, JSON for machines, and the exit status."""
+"""The load test's verdict: a table for people, JSON for machines, and the exit status.
+
+Three latency measurements can appear, each labelled with what it measures: ``send_lag_ms``
+(the generator: intended send time to handing the message to the MQTT client), the
+reconciliation's ``latency_ms`` (intended send time to the ingest's receive time, exact per
+reading, from the database), and optionally ``ingest_lag`` (the ingest's own histogram of
+device time to commit, at its bucket resolution, scraped from its /metrics).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ class LoadReport:
     published: PublishResult
     reconciliation: Reconciliation | None
     min_rate_fraction: float
+    ingest_lag: dict[str, Any] | None = None  # simulator/load/ingest_metrics.py run_delta()
 
     @property
     def target_messages(self) -> int:
@@ -40,7 +48,9 @@ class LoadReport:
     @property
     def passed(self) -> bool:
         rate_ok = self.achieved_fraction >= self.min_rate_fraction
-        return rate_ok and self.lost == 0 and self.published.errors == 0
+        storm = self.published.storm
+        storm_ok = storm is None or storm.reconnected == storm.dropped
+        return rate_ok and storm_ok and self.lost == 0 and self.published.errors == 0
 
     def as_dict(self) -> dict[str, Any]:
         p = self.published
@@ -54,6 +64,7 @@ class LoadReport:
                 "ramp_s": self.profile.ramp_s,
             },
             "qos": self.qos,
+            "processes": self.published.processes,
             "publish": {
                 "scheduled_messages": p.scheduled,
                 "messages_sent": p.messages_sent,
@@ -64,8 +75,11 @@ class LoadReport:
                 "injected": {"dropped": p.dropped, "duplicated": p.duplicated, "malformed": p.malformed},
                 "unacked": p.unacked,
                 "errors": p.errors,
+                "send_lag_source": "intended send time to handing the message to the MQTT client"
+                " (the generator's own delay)",
                 "send_lag_ms": p.send_lag.summary_ms(),
             },
+            "storm": None if p.storm is None else p.storm.as_dict(),
             "reconciliation": None
             if r is None
             else {
@@ -80,6 +94,13 @@ class LoadReport:
                 " time stored in received_at",
                 "latency_ms": r.arrival_latency_ms,
                 "settle_s": r.settle_s,
+            },
+            "ingest_lag": None
+            if self.ingest_lag is None
+            else {
+                "source": "the ingest's own Prometheus histograms (its /metrics before and after the"
+                " run; every reading it committed meanwhile), percentiles at its bucket bounds",
+                **self.ingest_lag,
             },
         }
 
@@ -101,6 +122,9 @@ class LoadReport:
             ("injected drop/dup/malformed", "{dropped}/{duplicated}/{malformed}".format(**pub["injected"])),
             ("publish errors / unacked", f"{pub['errors']} / {pub['unacked']}"),
         ]
+        if d["processes"] > 1:
+            rows.append(("publishing processes", str(d["processes"])))
+        rows += _storm_rows(d["storm"])
         rec = d["reconciliation"]
         if rec is None:
             rows.append(("reconciliation", "skipped (no database URL)"))
@@ -115,9 +139,43 @@ class LoadReport:
             if rec["missing_by_device"]:
                 worst = ", ".join(f"{k}:{v}" for k, v in list(rec["missing_by_device"].items())[:5])
                 rows.append(("missing by device (worst)", worst))
+        rows += _ingest_rows(d["ingest_lag"])
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
 def _pcts(values: dict[str, Any]) -> str:
     return "/".join("-" if values.get(k) is None else f"{values[k]:.1f}" for k in ("p50", "p99", "max"))
+
+
+def _storm_rows(storm: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if storm is None:
+        return []
+    back = storm["reconnect_s"]
+    rows = [
+        (
+            "storm",
+            f"{storm['district']} at {storm['at_s']:g} s: {storm['dropped']} of {storm['devices']} device"
+            f" links dropped, {storm['reconnected']} back ({storm['reconnects_counted_by_fleet']} reconnects)",
+        ),
+        (
+            "storm reconnect s p50/max",
+            "-" if back["p50"] is None else f"{back['p50']:.2f}/{back['max']:.2f}",
+        ),
+        ("storm delayed messages", f"{storm['delayed_messages']} ({storm['delayed_readings']} readings)"),
+    ]
+    if storm["delayed_latency_ms"] is not None:
+        rows.append(("delayed send->ingest ms p50/p99/max", _pcts(storm["delayed_latency_ms"])))
+    return rows
+
+
+def _ingest_rows(lag: dict[str, Any] | None) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for name, label in (
+        ("cityneuron_ingest_lag_seconds", "ingest's lag to commit ms p50/p99 <="),
+        ("cityneuron_ingest_commit_seconds", "ingest's batch commit ms p50/p99 <="),
+    ):
+        h = None if lag is None else lag.get(name)
+        if h is not None:
+            rows.append((label, f"{h['p50_at_most_ms']}/{h['p99_at_most_ms']} ({h['count']} observed)"))
+    return rows

@@ -26,7 +26,9 @@ class Shape(StrEnum):
 @dataclass(frozen=True, slots=True)
 class LoadProfile:
     """Target rate over time: ``rate_per_s`` after a linear ramp of ``ramp_s`` (RAMP ramps the
-    whole run); SPIKE multiplies the rate by ``spike_factor`` for ``spike_s`` in the middle."""
+    whole run); SPIKE multiplies the rate by ``spike_factor`` for ``spike_s`` in the middle.
+    RECONNECT_STORM keeps the steady rate: the storm is an event on the connections
+    (simulator/load/storm.py), not a change of rate."""
 
     shape: Shape
     rate_per_s: float
@@ -64,16 +66,30 @@ class OpenLoopSchedule:
 
     Message n (from 0) is due when the integral of the rate first exceeds n + 1 - 1e-9, so
     consecutive windows partition the schedule exactly and the count does not drift.
+
+    ``share=(k, N)`` keeps only the messages n with n mod N == k: N publishing processes
+    together send exactly the one schedule (each about rate / N, with the same shape).
     """
 
-    def __init__(self, profile: LoadProfile, resolution_s: float = 0.001) -> None:
+    def __init__(
+        self, profile: LoadProfile, resolution_s: float = 0.001, share: tuple[int, int] = (0, 1)
+    ) -> None:
+        part, parts = share
+        if not 0 <= part < parts:
+            raise ValueError(f"share must satisfy 0 <= k < N, got {part}/{parts}")
         self.profile = profile
         self.resolution_s = resolution_s
+        self._part, self._parts = part, parts
         # Integer grid steps, so windows of any size add up to exactly the same schedule.
         self._total_steps = math.ceil(profile.duration_s / resolution_s - 1e-9)
         self._done_steps = 0
         self._integral = 0.0
-        self.scheduled = 0
+        self._total = 0  # messages of the whole schedule handed out so far
+
+    @property
+    def scheduled(self) -> int:
+        """Messages of this share handed out so far."""
+        return max(0, (self._total - self._part + self._parts - 1) // self._parts)
 
     @property
     def done_s(self) -> float:
@@ -95,15 +111,21 @@ class OpenLoopSchedule:
         ) * self.resolution_s
         cumulative = self._integral + np.cumsum(self.profile.rate_at(grid)) * self.resolution_s
         total = math.floor(cumulative[-1] + 1e-9)
-        wanted = np.arange(self.scheduled + 1, total + 1, dtype=np.float64)
+        first = self._total
+        wanted = np.arange(first + 1, total + 1, dtype=np.float64)
         index = np.searchsorted(cumulative, wanted - 1e-9, side="left")
         self._done_steps = until
         self._integral = float(cumulative[-1])
-        self.scheduled = max(self.scheduled, total)
-        return grid[np.minimum(index, steps - 1)]
+        self._total = max(self._total, total)
+        offsets = grid[np.minimum(index, steps - 1)]
+        if self._parts > 1:
+            offsets = offsets[(first + np.arange(len(offsets))) % self._parts == self._part]
+        return offsets
 
 
-def intended_offsets(profile: LoadProfile, resolution_s: float = 0.001) -> NDArray[np.float64]:
-    """The whole schedule at once (tests and short runs)."""
-    schedule = OpenLoopSchedule(profile, resolution_s)
+def intended_offsets(
+    profile: LoadProfile, resolution_s: float = 0.001, share: tuple[int, int] = (0, 1)
+) -> NDArray[np.float64]:
+    """The whole schedule (or one process's share of it) at once (tests and short runs)."""
+    schedule = OpenLoopSchedule(profile, resolution_s, share)
     return schedule.due_until(profile.duration_s + resolution_s)
