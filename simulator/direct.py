@@ -5,8 +5,11 @@ the ingest costs hours; COPY costs minutes. Rows go as PostgreSQL binary COPY bu
 numpy (fixed-width rows: no Python loop per reading) into a temporary staging table, and from
 there into ``devices``, ``reading_<kind>`` and ``latest_reading`` with ``ON CONFLICT``: running
 the same load twice stores nothing new. Values are the models' values rounded as on the wire
-(``simulator.messages``); what only exists on the wire (injected faults, duplicates) is not
-reproduced here.
+(``simulator.messages``), under the run's scenario and faults exactly as a broker backfill
+applies them (simulator.effects: the same weather, outages and fault episodes, logged to the
+same fault log); faults that only exist on the wire (``WIRE_ONLY_FAULTS``: clock errors,
+duplicates, late or shuffled delivery, malformed payloads) are left out: a database stores a
+reading once, at its true time.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from cityneuron.schema import SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings, Settings
 from simulator.city import ID_PREFIX, City, DeviceTable, build_city
 from simulator.drivers import Drivers
+from simulator.effects import Effects, load_effects_spec
 from simulator.errors import SimulatorError
+from simulator.faultepisodes import WIRE_ONLY_FAULTS
 from simulator.kinds import KindModel, build_models
 from simulator.progress import ProgressReporter
 from simulator.schedule import FROZEN_STEP_MS, KindSchedule, build_schedules
@@ -229,31 +234,42 @@ def _window_ms(schedule: KindSchedule) -> int:
     return max(1_000, int(CHUNK_ROWS / max(readings_per_ms, 1e-12)))
 
 
-def _chunks(model: KindModel, schedule: KindSchedule, from_ms: int, to_ms: int) -> Iterator[_Chunk]:
-    """Every report with a slot in [from_ms, to_ms), a window at a time, as staged readings."""
+def _chunks(
+    model: KindModel, schedule: KindSchedule, from_ms: int, to_ms: int, effects: Effects
+) -> Iterator[_Chunk]:
+    """Every stored report with a slot in [from_ms, to_ms), a window at a time, as staged readings."""
+    kind = model.kind.name
     window = _window_ms(schedule)
     for after in range(from_ms - 1, to_ms - 1, window):
         until = min(after + window, to_ms - 1)
         due = schedule.due(after, until)
-        if not len(due):
+        reports, slots = due.rows, due.slot_ms
+        if effects.enabled and len(reports):
+            kept = effects.stored(kind, reports, slots)
+            reports, slots = reports[kept], slots[kept]
+        if not len(reports):
             continue
         if schedule.frozen_readings:
-            frozen = schedule.frozen_times(due.slot_ms)
+            frozen = schedule.frozen_times(slots)
             width = frozen.shape[1]
-            rows = np.repeat(due.rows, width)
+            rows = np.repeat(reports, width)
             times = frozen.ravel()
-            received = np.repeat(due.slot_ms, width)
-            seq = schedule.frozen_seq(due.rows, frozen).ravel()
+            received = np.repeat(slots, width)
+            seq = schedule.frozen_seq(reports, frozen).ravel()
         else:
-            rows, times, received = due.rows, due.slot_ms, due.slot_ms
-            seq = schedule.seq(due.rows, due.slot_ms)
+            rows, times, received = reports, slots, slots
+            seq = schedule.seq(reports, slots)
         values = model.step(rows, times)
+        if effects.enabled:
+            effects.adjust_values(kind, rows, times, values)
         rounded = {
             m.name: np.round(values[m.name], model.decimals.get(m.name, _DEFAULT_DECIMALS))
             for m in model.kind.metrics
         }
-        recent = max(after + 1, until - schedule.interval_ms) - schedule.frozen_readings * FROZEN_STEP_MS
-        yield _Chunk(rows, times, received, seq, rounded, len(due), until, recent)
+        # A device that lost reports (outage, dropout) may have its newest reading anywhere.
+        newest_from = after + 1 if len(reports) < len(due) else max(after + 1, until - schedule.interval_ms)
+        recent = newest_from - schedule.frozen_readings * FROZEN_STEP_MS
+        yield _Chunk(rows, times, received, seq, rounded, len(reports), until, recent)
 
 
 def _stage_stream(table: DeviceTable, chunk: _Chunk) -> bytes:
@@ -296,8 +312,19 @@ def backfill_direct(
     started = time.monotonic()
     options = settings.simulator
     city = build_city(options.preset, options.scale, options.seed, options.shard_index_count())
-    models = build_models(city, Drivers(city.seed))
+    # Relative scenario starts count from where a broker backfill's clock starts, 1 ms before
+    # the range (simulator.backfill), so both seed the same events.
+    spec = load_effects_spec(options, from_ms - 1)
+    models = build_models(city, Drivers(city.seed, spec.weather))
     schedules = build_schedules(city.tables)
+    effects = Effects(city, models, schedules, spec)
+    if spec.faults is not None:
+        skipped = sorted(
+            {f for kind in city.tables for f in spec.faults.active(kind) if f in WIRE_ONLY_FAULTS}
+        )
+        if skipped:
+            log.info("direct backfill: wire-only faults not stored: %s", ", ".join(skipped))
+    effects.log_events(from_ms - 1, to_ms - 1)
     progress = ProgressReporter(city.devices, json_lines=json_progress)
     reports = readings = stored = registered = 0
     try:
@@ -308,7 +335,7 @@ def backfill_direct(
             for name, table in city.tables.items():
                 statements = _statements(table.kind, table)
                 conn.execute(statements.create_stage)
-                for chunk in _chunks(models[name], schedules[name], from_ms, to_ms):
+                for chunk in _chunks(models[name], schedules[name], from_ms, to_ms, effects):
                     stream = _stage_stream(table, chunk)
                     with conn.transaction(), conn.cursor() as cur:
                         with cur.copy(statements.copy) as copy:
@@ -321,9 +348,11 @@ def backfill_direct(
                     reports += chunk.reports
                     readings += len(chunk.rows)
                     progress.update(reports, readings, 0, chunk.until_ms, 0.0)
+                    effects.flush(chunk.until_ms)
     except psycopg.Error as exc:
         raise DirectLoadError(f"direct backfill failed: {exc}") from exc
     finally:
+        effects.flush(to_ms)
         progress.close()
     summary = DirectSummary(
         devices=city.devices,

@@ -3,7 +3,9 @@
 The runner asks :class:`Effects` for each kind's statuses and telemetry instead of rendering
 them itself: outages and reconnect storms silence devices and flip their retained status,
 faults drop, hold back, shift, alter, break or repeat reports, and every fault that hits a
-message is written to the fault log.
+message is written to the fault log. A direct load into the database (simulator.direct) asks
+for the reports that would be stored and their values (:meth:`Effects.stored`,
+:meth:`Effects.adjust_values`) through the same fault and scenario code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from cityneuron.settings import SimulatorSettings
 from simulator.city import City
 from simulator.drivers import WeatherOverlay
 from simulator.faultconfig import DUPLICATE, MALFORMED, FaultConfig, load_fault_config
+from simulator.faultepisodes import BoolArray
 from simulator.faultlog import FaultLog, FaultRecord
 from simulator.faults import FaultInjector
 from simulator.kinds import KindModel, Values
@@ -116,7 +120,7 @@ class Effects:
         table = self.models[kind].table
         if self.scenario is None:
             return list(status_messages(table, ts_ms))
-        self._log_events(ts_ms - 1, ts_ms)
+        self.log_events(ts_ms - 1, ts_ms)
         rows = np.arange(len(table), dtype=np.int64)
         offline = self.scenario.offline(kind, table.district, np.full(len(table), ts_ms, dtype=np.int64))
         messages = device_statuses(table, rows[~offline], True, ts_ms)
@@ -127,7 +131,7 @@ class Effects:
         """Devices going offline or coming back (with buffered readings) in ``(after, until]``."""
         if self.scenario is None:
             return []
-        self._log_events(after_ms, until_ms)
+        self.log_events(after_ms, until_ms)
         batches: list[Batch] = []
         for event in self.scenario.events:
             window = event.offline_ms
@@ -163,8 +167,10 @@ class Effects:
         order = np.argsort(times, kind="stable")
         return self._render(kind, rows[member][order], times[order], None)
 
-    def _log_events(self, after_ms: int, until_ms: int) -> None:
-        assert self.scenario is not None
+    def log_events(self, after_ms: int, until_ms: int) -> None:
+        """Log the scenario events that overlap ``(after_ms, until_ms]`` (once per district)."""
+        if self.scenario is None:
+            return
         for n, event in enumerate(self.scenario.events):
             if event.start_ms <= until_ms and max(event.end_ms, event.start_ms + 1) > after_ms:
                 for slug in event.districts:
@@ -201,20 +207,31 @@ class Effects:
             out_rows, out_t, out_shift = all_rows[order], all_t[order], all_shift[order]
         return self._render(kind, out_rows, out_t, out_shift)
 
+    def stored(self, kind: str, rows: IntArray, t: IntArray) -> BoolArray:
+        """Which reports (``rows`` at slots ``t``) a platform ends up storing: not those lost in a
+        power cut, to a dropout or to a dead battery. Faults that only exist on the wire
+        (``WIRE_ONLY_FAULTS``: the reading is stored once, at its true time) are left out and
+        not logged; a reconnect storm's readings are stored when they are re-sent."""
+        keep = np.ones(len(rows), dtype=np.bool_)
+        if self.scenario is not None:
+            keep &= ~self.scenario.offline(kind, self.models[kind].table.district[rows], t, resent=False)
+        if self.faults is not None and self.faults.active(kind):
+            keep &= self.faults.plan_reports(kind, rows, t, wire=False).keep
+        return keep
+
+    def adjust_values(self, kind: str, rows: IntArray, t: IntArray, values: Values) -> None:
+        """Value faults and firmware metrics applied to readings (``rows`` at times ``t``), in place."""
+        if self.faults is not None:
+            self.faults.adjust_values(kind, rows, t, values)
+        if self.scenario is not None:
+            table = self.models[kind].table
+            extra = self.scenario.firmware(kind, table.key[rows], table.district[rows], t, self.city.seed)
+            for name, column in extra:
+                values[name] = column
+
     def _render(self, kind: str, rows: IntArray, t: IntArray, shift: IntArray | None) -> list[Message]:
         model, schedule = self.models[kind], self.schedules[kind]
-
-        def adjust(flat_rows: IntArray, flat_t: IntArray, values: Values) -> None:
-            if self.faults is not None:
-                self.faults.adjust_values(kind, flat_rows, flat_t, values)
-            if self.scenario is not None:
-                table = model.table
-                extra = self.scenario.firmware(
-                    kind, table.key[flat_rows], table.district[flat_rows], flat_t, self.city.seed
-                )
-                for name, column in extra:
-                    values[name] = column
-
+        adjust = partial(self.adjust_values, kind)
         shifted = shift if shift is not None and shift.any() else None
         messages = render_telemetry(model, schedule, rows, t, adjust=adjust, ts_shift_ms=shifted)
         if self.faults is None or not messages:

@@ -1,25 +1,13 @@
-"""Fault injection: which reports a fault hits, decided per (seed, device, time window).
-
-Every fault type divides time into fixed windows aligned to the epoch. In each window a device
-starts at most one episode of the type, with probability ``rate x window``; the episode's start,
-length and parameters are drawn from the same key. Whether a report at time t is hit is
-therefore a pure function of (seed, kind, device key, t): the answer does not depend on the
-order in which devices are stepped, on sharding or on when the run started. Everything is
-vectorised over the reports of one pass; only faults that actually hit a report reach Python
-loops, to be logged.
-"""
+"""What fault episodes (simulator.faultepisodes) do: reports dropped, held back, released or
+re-stamped, values altered, payloads broken or repeated; every fault that hits is logged."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
-from cityneuron.catalog import DISTRICTS
-from simulator import clock, rng
-from simulator.city import DeviceTable
+from simulator import clock
 from simulator.faultconfig import (
     BATTERY_DEATH,
     BUFFER_FAULTS,
@@ -32,32 +20,28 @@ from simulator.faultconfig import (
     SPIKES,
     STUCK_AT,
     VALUE_FAULTS,
-    FaultConfig,
 )
-from simulator.faultlog import FaultLog, FaultRecord, rfc3339
+from simulator.faultepisodes import (
+    METRIC_DRAW,
+    OFFLINE_FAULTS,
+    ORDER_DRAW,
+    REPORT_DRAW,
+    REPORT_SIGN_DRAW,
+    VARIANT_DRAW,
+    WIRE_ONLY_FAULTS,
+    BoolArray,
+    Episodes,
+    FaultEpisodes,
+    IntArray,
+    battery_params,
+)
 from simulator.kinds import KindModel, Values
 from simulator.schedule import KindSchedule
 
-IntArray = NDArray[np.int64]
-FloatArray = NDArray[np.float64]
-BoolArray = NDArray[np.bool_]
+__all__ = ["OFFLINE_FAULTS", "WIRE_ONLY_FAULTS", "Episodes", "FaultInjector", "Release", "ReportPlan"]
 
-# Independent draws of one episode, all keyed by (seed, type, kind, device, window).
-_HAS, _START, _LENGTH, _METRIC, _SIGN, _SIZE = range(6)
-# Per-report draws inside an episode, keyed by (seed, type, kind, device, report time).
-_REPORT, _REPORT_SIGN, _VARIANT, _ORDER = range(10, 14)
 # A dying Li-SOCl2 cell leaves its 3.6 V plateau and sags below the low-battery warning.
 _FADE_V = (3.45, 3.0)
-
-
-@dataclass(frozen=True, eq=False)
-class Episodes:
-    """For each queried report: inside an episode (``hit``) and that episode's start, end, window."""
-
-    hit: BoolArray
-    start: IntArray
-    end: IntArray
-    window: IntArray
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,98 +62,17 @@ class ReportPlan:
     release: Release
 
 
-class FaultInjector:
-    """Applies a :class:`FaultConfig` to a city's reports and logs every fault that hits one."""
-
-    def __init__(
-        self,
-        config: FaultConfig,
-        seed: int,
-        models: Mapping[str, KindModel],
-        schedules: Mapping[str, KindSchedule],
-        log: FaultLog,
-    ) -> None:
-        self.config = config
-        self.seed = int(seed)
-        self.models = models
-        self.schedules = schedules
-        self.log = log
-
-    def active(self, kind: str) -> tuple[str, ...]:
-        return self.config.active(kind)
-
-    # --- deterministic draws --------------------------------------------------------------
-
-    def _u(self, kind: str, fault: str, keys: IntArray, tick: IntArray, draw: int) -> FloatArray:
-        return rng.uniform(self.seed, rng.stream_id(f"fault.{fault}"), rng.stream_id(kind), keys, tick, draw)
-
-    def episodes(self, kind: str, fault: str, keys: IntArray, t_ms: IntArray) -> Episodes:
-        """The episode of ``fault`` (if any) each device ``keys`` is in at ``t_ms``.
-
-        An episode lies wholly inside its window, so episodes of one type never overlap and
-        only the window of ``t_ms`` needs looking at.
-        """
-        spec = self.config.types[fault]
-        width = spec.window_ms
-        chance = self.config.rate(kind, fault) * width / clock.MS_PER_DAY
-        shortest, longest = spec.duration_ms
-        n = len(keys)
-        hit = np.zeros(n, dtype=np.bool_)
-        start = np.zeros(n, dtype=np.int64)
-        end = np.zeros(n, dtype=np.int64)
-        window = np.asarray(t_ms, dtype=np.int64) // width
-        idx = np.flatnonzero(self._u(kind, fault, keys, window, _HAS) < chance)
-        if idx.size:
-            k, w = keys[idx], window[idx]
-            length = shortest + (self._u(kind, fault, k, w, _LENGTH) * (longest - shortest)).astype(np.int64)
-            s = w * width + (self._u(kind, fault, k, w, _START) * (width - length)).astype(np.int64)
-            e = s + length
-            inside = (s <= t_ms[idx]) & (t_ms[idx] < e)
-            sel = idx[inside]
-            hit[sel], start[sel], end[sel] = True, s[inside], e[inside]
-        return Episodes(hit, start, end, window)
-
-    def _sign(self, kind: str, fault: str, keys: IntArray, tick: IntArray, draw: int = _SIGN) -> FloatArray:
-        return np.where(self._u(kind, fault, keys, tick, draw) < 0.5, -1.0, 1.0)
-
-    def _size(self, kind: str, fault: str, keys: IntArray, window: IntArray) -> FloatArray:
-        low, high = self.config.types[fault].magnitude
-        return low + (high - low) * self._u(kind, fault, keys, window, _SIZE)
-
-    # --- logging --------------------------------------------------------------------------
-
-    def _log(
-        self,
-        kind: str,
-        fault: str,
-        table: DeviceTable,
-        rows: IntArray,
-        ep: Episodes,
-        idx: IntArray,
-        params: list[dict[str, object]] | None = None,
-    ) -> None:
-        """Log the episodes at positions ``idx`` that are not logged yet."""
-        keys = table.key[rows[idx]]
-        for n, i in enumerate(idx.tolist()):
-            identity = (fault, kind, int(keys[n]), int(ep.window[i]))
-            if self.log.seen(identity):
-                continue
-            row = int(rows[i])
-            record = FaultRecord(
-                table.device_id(row),
-                kind,
-                DISTRICTS[int(table.district[row])].slug,
-                fault,
-                int(ep.start[i]),
-                int(ep.end[i]),
-                params[n] if params is not None else {},
-            )
-            self.log.add(identity, record)
+class FaultInjector(FaultEpisodes):
+    """Applies a fault configuration to a city's reports and logs every fault that hits one."""
 
     # --- reports: dropped, held back, released, shifted ----------------------------------
 
-    def plan_reports(self, kind: str, rows: IntArray, t_ms: IntArray) -> ReportPlan:
-        """Which due reports go out, their clock offset, and buffered readings to release."""
+    def plan_reports(self, kind: str, rows: IntArray, t_ms: IntArray, *, wire: bool = True) -> ReportPlan:
+        """Which due reports go out, their clock offset, and buffered readings to release.
+
+        ``wire=False``: only the faults that change what a database ends up storing (reports
+        never sent); ``WIRE_ONLY_FAULTS`` are neither applied nor logged.
+        """
         table = self.models[kind].table
         keys = table.key[rows]
         keep = np.ones(len(rows), dtype=np.bool_)
@@ -179,6 +82,8 @@ class FaultInjector:
         schedule = self.schedules[kind]
         for fault in active:
             if fault in VALUE_FAULTS or fault in (DUPLICATE, MALFORMED):
+                continue
+            if not wire and fault in WIRE_ONLY_FAULTS:
                 continue
             ep = self.episodes(kind, fault, keys, t_ms)
             idx = np.flatnonzero(ep.hit)
@@ -194,12 +99,8 @@ class FaultInjector:
                 self._log(kind, fault, table, rows, ep, idx)
             elif fault == BATTERY_DEATH and idx.size:
                 keep[idx] &= self._battery_keeps(schedule, rows[idx], t_ms[idx], ep, idx, fault)
-                share = self.config.types[fault].fade_share
-                silent = ep.start[idx] + (share * (ep.end[idx] - ep.start[idx])).astype(np.int64)
-                params: list[dict[str, object]] = [
-                    {"silent_from": rfc3339(s), "silent_from_ms": s} for s in silent.tolist()
-                ]
-                self._log(kind, fault, table, rows, ep, idx, params)
+                silent = self.offline_from(fault, ep.start[idx], ep.end[idx])
+                self._log(kind, fault, table, rows, ep, idx, battery_params(silent))
             elif fault in BUFFER_FAULTS:
                 if idx.size:
                     keep[idx] = False
@@ -245,7 +146,7 @@ class FaultInjector:
         out_rows = rows[done][member]
         if fault == OUT_OF_ORDER:
             # Shuffled inside each device's buffer: sort by a hash of (device, slot).
-            shuffle = self._u(kind, fault, table.key[out_rows], times, _ORDER)
+            shuffle = self._u(kind, fault, table.key[out_rows], times, ORDER_DRAW)
             order = np.lexsort((shuffle, member))
             out_rows, times, member = out_rows[order], times[order], member[order]
         return Release(out_rows, times, done[member])
@@ -293,7 +194,7 @@ class FaultInjector:
         candidates = spec.candidates(model.kind)
         k, w = keys[idx], ep.window[idx]
         pick = np.minimum(
-            (self._u(kind, fault, k, w, _METRIC) * len(candidates)).astype(np.int64), len(candidates) - 1
+            (self._u(kind, fault, k, w, METRIC_DRAW) * len(candidates)).astype(np.int64), len(candidates) - 1
         )
         # The value each device measured when its episode began: what sticks, and the scale.
         start_values = model.step(rows[idx], ep.start[idx])
@@ -319,8 +220,8 @@ class FaultInjector:
                 new = current + per_day * (t_ms[sel] - ep.start[sel]) / clock.MS_PER_DAY
                 params = [{"metric": name, "drift_per_day": round(v, 4)} for v in per_day.tolist()]
             elif fault == SPIKES:
-                spiking = self._u(kind, fault, ks, t_ms[sel], _REPORT) < spec.probability
-                spike_sign = self._sign(kind, fault, ks, t_ms[sel], _REPORT_SIGN)
+                spiking = self._u(kind, fault, ks, t_ms[sel], REPORT_DRAW) < spec.probability
+                spike_sign = self._sign(kind, fault, ks, t_ms[sel], REPORT_SIGN_DRAW)
                 new = np.where(spiking, current + spike_sign * size * scale, current)
                 hits &= spiking
                 params = [
@@ -350,8 +251,8 @@ class FaultInjector:
         keys = table.key[rows]
         ep = self.episodes(kind, fault, keys, t_ms)
         spec = self.config.types[fault]
-        hit = ep.hit & (self._u(kind, fault, keys, t_ms, _REPORT) < spec.probability)
-        variant = (self._u(kind, fault, keys, t_ms, _VARIANT) * 1_000_000).astype(np.int64)
+        hit = ep.hit & (self._u(kind, fault, keys, t_ms, REPORT_DRAW) < spec.probability)
+        variant = (self._u(kind, fault, keys, t_ms, VARIANT_DRAW) * 1_000_000).astype(np.int64)
         idx = np.flatnonzero(hit)
         if idx.size:
             self._log(kind, fault, table, rows, ep, idx, [{"probability": spec.probability}] * idx.size)

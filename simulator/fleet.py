@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import math
 import os
 import random
 import resource
@@ -39,12 +40,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cityneuron.catalog import DISTRICTS
 from cityneuron.contract import CMD, STATUS, device_topic, encode_status, now_ms
 from cityneuron.credentials import device_password, read_device_key
 from cityneuron.mqttclient import configure_client
 from cityneuron.settings import MqttSettings, Settings
-from simulator.city import City
+from simulator.city import City, DeviceTable
 from simulator.commands import CommandBook
 from simulator.errors import PublishError
 from simulator.publisher import GatewayPool, Pool
@@ -63,6 +63,8 @@ FD_HEADROOM = 256
 _BACKOFF_FIRST_S = 1.0
 _MISC_EVERY_S = 1.0
 _GOODBYE_ACK_WAIT_S = 5.0
+# A cut waits this long at most for the device's messages in flight to be acknowledged.
+_CUT_ACK_WAIT_S = 5.0
 _POLL_MAX_S = 0.25
 _EPOLL_IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 _EPOLL_OUT = select.EPOLLOUT
@@ -107,23 +109,30 @@ class DeviceConnection:
         "client",
         "command_topic",
         "connected_before",
+        "cut_by",
         "deadline",
         "device_id",
         "fleet",
         "hold_until",
+        "in_flight",
         "internal_mids",
         "number",
         "refusal",
+        "row",
         "state",
         "status_topic",
+        "table",
     )
 
-    def __init__(self, fleet: DeviceFleet, number: int, device_id: str, district: str, kind: str) -> None:
+    def __init__(self, fleet: DeviceFleet, number: int, table: DeviceTable, row: int) -> None:
         self.fleet = fleet
         self.number = number
-        self.device_id = device_id
-        self.status_topic = device_topic(district, kind, device_id, STATUS)
-        self.command_topic = device_topic(district, kind, device_id, CMD)
+        self.table = table
+        self.row = row
+        self.device_id = table.device_id(row)
+        district, kind = table.district_slug(row), table.kind.name
+        self.status_topic = device_topic(district, kind, self.device_id, STATUS)
+        self.command_topic = device_topic(district, kind, self.device_id, CMD)
         self.client: mqtt.Client | None = None
         self.state = _State.IDLE
         self.attempts = 0
@@ -131,6 +140,10 @@ class DeviceConnection:
         self.hold_until = 0.0
         self.connected_before = False
         self.refusal = ""
+        # Own messages handed to paho and not yet acknowledged (sent, for QoS 0).
+        self.in_flight = 0
+        # Set while a cut waits for ``in_flight`` to reach 0: the monotonic time it gives up.
+        self.cut_by: float | None = None
         # Message ids of the device's own status and command acks: not counted as telemetry.
         self.internal_mids: set[int] = set()
 
@@ -171,12 +184,9 @@ class DeviceFleet:
         # Fail before building thousands of connection objects that could never all be open.
         ensure_fd_limit(city.devices + FD_HEADROOM)
         self.devices: list[DeviceConnection] = []
-        for name, table in city.tables.items():
+        for table in city.tables.values():
             for row in range(len(table)):
-                slug = DISTRICTS[int(table.district[row])].slug
-                self.devices.append(
-                    DeviceConnection(self, len(self.devices), table.device_id(row), slug, name)
-                )
+                self.devices.append(DeviceConnection(self, len(self.devices), table, row))
         self._rng = random.Random()
         # Counters; the lock guards them and the inbox.
         self._cond = threading.Condition()
@@ -202,6 +212,7 @@ class DeviceFleet:
         self._tokens_at = time.monotonic()
         self._closing = False
         self._leaving: list[DeviceConnection] = []
+        self._cutting: set[DeviceConnection] = set()
         self._leave_by = 0.0
         self._exit = False
         self._thread: threading.Thread | None = None
@@ -257,6 +268,45 @@ class DeviceFleet:
                 self._abort(conn)
 
         self._call_soon(_drop)
+
+    def cut(self, device_numbers: Iterable[int]) -> None:
+        """Take these devices off the network until :meth:`restore`: once each one's messages
+        in flight are acknowledged (the power fails after the last report got through), its
+        link is cut without a DISCONNECT, so the broker publishes its will."""
+        numbers = list(device_numbers)
+
+        def _cut() -> None:
+            by = time.monotonic() + _CUT_ACK_WAIT_S
+            for n in numbers:
+                conn = self.devices[n]
+                conn.hold_until = math.inf
+                if conn.in_flight and conn.state is _State.CONNECTED:
+                    conn.cut_by = by
+                    self._cutting.add(conn)
+                else:
+                    self._abort(conn)
+
+        self._call_soon(_cut)
+
+    def restore(self, device_numbers: Iterable[int]) -> None:
+        """Bring devices taken off by :meth:`cut` back: all of them dial at once, without the
+        connection rate limit (a district whose power returns is the storm to simulate); each
+        says it is online again when connected."""
+        numbers = list(device_numbers)
+
+        def _restore() -> None:
+            now = time.monotonic()
+            for n in numbers:
+                conn = self.devices[n]
+                conn.hold_until = 0.0
+                if conn.cut_by is not None:
+                    # Back before its link was cut: on the wire it never left.
+                    conn.cut_by = None
+                    self._cutting.discard(conn)
+                elif conn.state is _State.IDLE and not self._closing:
+                    self._connect(conn, now)
+
+        self._call_soon(_restore)
 
     # --- handing work to the I/O thread ----------------------------------------------------
 
@@ -393,6 +443,8 @@ class DeviceFleet:
                 info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
             ):
                 failed += 1
+            else:
+                conn.in_flight += 1
         if failed:
             with self._cond:
                 self.failed += failed
@@ -401,14 +453,20 @@ class DeviceFleet:
     def _dial(self, now: float) -> None:
         while self._retry_heap and self._retry_heap[0][0] <= now:
             _, _, conn = heapq.heappop(self._retry_heap)
-            if conn.state is _State.IDLE:
-                self._dial_queue.append(conn)
+            if conn.state is not _State.IDLE:
+                continue
+            if conn.hold_until > now:
+                # Cut (or dropped) again since this retry was planned: wait for the hold.
+                if math.isfinite(conn.hold_until):
+                    heapq.heappush(self._retry_heap, (conn.hold_until, conn.number, conn))
+                continue
+            self._dial_queue.append(conn)
         rate = self.connect_rate_per_s
         self._tokens = min(max(1.0, rate / 10.0), self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         while self._dial_queue and self._tokens >= 1.0 and not self._closing:
             conn = self._dial_queue.popleft()
-            if conn.state is not _State.IDLE:
+            if conn.state is not _State.IDLE or conn.hold_until > now:
                 continue
             self._tokens -= 1.0
             self._connect(conn, now)
@@ -434,9 +492,12 @@ class DeviceFleet:
         # Exponential back-off with jitter, so devices that failed together do not retry together.
         delay = min(cap, _BACKOFF_FIRST_S * 2 ** min(conn.attempts - 1, 16)) * self._rng.uniform(0.5, 1.5)
         due = max(now + delay, conn.hold_until)
-        heapq.heappush(self._retry_heap, (due, conn.number, conn))
+        if math.isfinite(due):  # a cut device waits for restore() instead
+            heapq.heappush(self._retry_heap, (due, conn.number, conn))
 
     def _misc(self, now: float) -> None:
+        for conn in [c for c in self._cutting if c.cut_by is not None and now >= c.cut_by]:
+            self._cut_now(conn)
         for conn in list(self._by_fd.values()):
             client = conn.client
             if client is None:
@@ -458,9 +519,13 @@ class DeviceFleet:
         self._closing = True
         self._dial_queue.clear()
         self._retry_heap.clear()
+        for conn in self._cutting:
+            conn.cut_by = None
+            self._abort(conn)
+        self._cutting.clear()
         for conn in self.devices:
             client = conn.client
-            if client is None or conn.state is not _State.CONNECTED:
+            if client is None or conn.state is not _State.CONNECTED or math.isinf(conn.hold_until):
                 if client is not None and client.socket() is not None:
                     self._abort(conn)
                 continue
@@ -485,6 +550,13 @@ class DeviceFleet:
             if conn.client is not None and conn.state is _State.CONNECTED:
                 conn.client.disconnect()
         self._leaving = []
+
+    def _cut_now(self, conn: DeviceConnection) -> None:
+        conn.cut_by = None
+        self._cutting.discard(conn)
+        if conn.client is not None and conn.client.want_write():
+            conn.client.loop_write()
+        self._abort(conn)
 
     def _abort(self, conn: DeviceConnection) -> None:
         sock = conn.client.socket() if conn.client is not None else None
@@ -576,10 +648,10 @@ class DeviceFleet:
         if self._commands is not None:
             client.subscribe(conn.command_topic, qos=COMMAND_QOS)
         if conn.connected_before:
-            # Back after a lost link: the will said "offline", so say "online" again.
-            info = client.publish(
-                conn.status_topic, encode_status(True, now_ms()), qos=STATUS_QOS, retain=True
-            )
+            # Back after a lost link: the will said "offline", so say "online" again, with the
+            # registry facts, as the retained status carried them before the will replaced it.
+            status = encode_status(True, now_ms(), device=conn.table.facts(conn.row))
+            info = client.publish(conn.status_topic, status, qos=STATUS_QOS, retain=True)
             conn.internal_mids.add(info.mid)
         conn.connected_before = True
         with self._cond:
@@ -609,6 +681,9 @@ class DeviceFleet:
         if mid in conn.internal_mids:
             conn.internal_mids.discard(mid)
             return
+        conn.in_flight = max(0, conn.in_flight - 1)
+        if conn.cut_by is not None and conn.in_flight == 0:
+            self._cut_now(conn)
         with self._cond:
             self.acked += 1
             self._cond.notify_all()

@@ -24,8 +24,9 @@ from simulator.city import City, build_city
 from simulator.commands import CommandBook
 from simulator.drivers import Drivers
 from simulator.effects import Effects, EffectsSpec, load_effects_spec
-from simulator.fleet import make_pool
+from simulator.fleet import DeviceFleet, make_pool
 from simulator.kinds import KindModel, build_models
+from simulator.links import LinkChange, LinkTracker
 from simulator.messages import Message
 from simulator.progress import ProgressReporter
 from simulator.publisher import STATUS_QOS, Pool
@@ -85,6 +86,8 @@ class _Simulation:
     """The city with its models and schedules, publishing through a gateway pool.
 
     ``spec``: the scenario and faults of the run (simulator.effects), applied to every message.
+    With one connection per device (a :class:`DeviceFleet`), devices a scenario or a fault takes
+    offline lose their link instead of publishing an offline status (simulator.links).
     """
 
     def __init__(
@@ -98,6 +101,12 @@ class _Simulation:
         self._models: dict[str, KindModel] = build_models(city, drivers)
         self.schedules: dict[str, KindSchedule] = build_schedules(city.tables)
         self.effects = Effects(city, self._models, self.schedules, spec)
+        self.fleet = pool if isinstance(pool, DeviceFleet) else None
+        self.links = (
+            LinkTracker(city, self.effects.scenario, self.effects.faults)
+            if self.fleet is not None and self.effects.enabled
+            else None
+        )
         # A device's gateway is fixed by its number across the whole city.
         self._first_number: dict[str, int] = {}
         number = 0
@@ -137,6 +146,22 @@ class _Simulation:
             self._send(name, self.effects.statuses(name, ts_ms), qos=STATUS_QOS, retain=True)
         self.effects.flush(ts_ms)
 
+    def _relink(self, changes: list[LinkChange], *, online: bool) -> None:
+        """Restore (``online``) or cut the links of the devices in ``changes``."""
+        assert self.fleet is not None
+        for change in changes:
+            if change.online == online:
+                numbers = (self._first_number[change.kind] + change.rows).tolist()
+                (self.fleet.restore if online else self.fleet.cut)(numbers)
+
+    def settle_links(self, ts_ms: int) -> None:
+        """Per-device mode: cut the links of the devices that are offline at ``ts_ms``."""
+        if self.links is not None:
+            changes = self.links.start(ts_ms)
+            self._relink(changes, online=False)
+            self.effects.flush(ts_ms)
+            log.info("%d device link(s) down at the start", self.links.offline_count())
+
     def publish_latest(self, at_ms: int) -> None:
         """One report per device: its latest slot at or before ``at_ms``."""
         for name, schedule in self.schedules.items():
@@ -144,13 +169,25 @@ class _Simulation:
         self.effects.flush(at_ms)
 
     def publish_window(self, after_ms: int, until_ms: int) -> None:
-        """Every report with a slot in ``(after_ms, until_ms]``, and the scenario's status changes."""
+        """Every report with a slot in ``(after_ms, until_ms]``, and the scenario's status changes.
+
+        Per-device mode: links that come back in the window are restored first (a reconnect
+        storm's buffered readings follow), links that go down are cut after the window's
+        reports (each device's reports before its cut are on the wire by then).
+        """
+        changes = self.links.changes(after_ms, until_ms) if self.links is not None else []
+        if changes:
+            self._relink(changes, online=True)
         for batch in self.effects.transitions(after_ms, until_ms):
+            if batch.status and self.links is not None:
+                continue  # the broker publishes the will; the device says "online" on reconnect
             qos, retain = (STATUS_QOS, True) if batch.status else (self.qos, False)
             self._send(batch.kind, batch.messages, qos=qos, retain=retain)
         for name, schedule in self.schedules.items():
             due = schedule.due(after_ms, until_ms)
             self._send(name, self.effects.telemetry(name, due), qos=self.qos, retain=False)
+        if changes:
+            self._relink(changes, online=False)
         self.effects.flush(until_ms)
 
 
@@ -265,6 +302,7 @@ def run(
             # Every device's most recent report first, as from a fleet that was already running: a
             # dashboard sees all kinds at once, not an air station an hour and a meter a day later.
             sim.publish_latest(clock.start_ms)
+        sim.settle_links(clock.start_ms)
         if not once:
             deadline = None if duration_s is None else started + duration_s
             ramp = StatusRamp(city, clock.start_ms) if announce and ramped else None

@@ -167,11 +167,17 @@ class Scenario:
         weather = ScenarioWeather(self.events)
         return weather if weather.events else None
 
-    def offline(self, kind: str, district: IntArray, t_ms: IntArray) -> BoolArray:
-        """Devices of ``kind`` in ``district`` that are offline at ``t_ms`` (outage, storm)."""
+    def offline(self, kind: str, district: IntArray, t_ms: IntArray, *, resent: bool = True) -> BoolArray:
+        """Devices of ``kind`` in ``district`` that are offline at ``t_ms`` (outage, storm).
+
+        ``resent=False``: only where the readings of the time are lost for good (a power cut);
+        a reconnect storm's devices send theirs when they come back.
+        """
         out = np.zeros(len(district), dtype=np.bool_)
         for e in self.events:
             window = e.offline_ms
+            if not resent and e.type == RECONNECT_STORM:
+                continue
             if window is not None and kind in e.kinds:
                 out |= e.in_district[district] & (t_ms >= window[0]) & (t_ms < window[1])
         return out

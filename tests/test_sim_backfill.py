@@ -7,6 +7,7 @@ import io
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,11 @@ from simulator.backfill import backfill_broker, parse_time_ms
 from simulator.city import City, build_city
 from simulator.direct import backfill_direct
 from simulator.drivers import Drivers
-from simulator.kinds import build_models
+from simulator.faultlog import read_fault_log
+from simulator.kinds import KindModel, build_models
 from simulator.messages import telemetry_messages
 from simulator.progress import ProgressReporter, ProgressSnapshot, format_summary
+from simulator.scenario import load_scenario
 from simulator.schedule import KindSchedule, build_schedules
 
 _HOUR_MS = 3_600_000
@@ -184,6 +187,144 @@ def test_cli_direct_registry_and_backfill(
     # Progress went to stderr as JSON lines, never to stdout.
     for line in err.splitlines():
         assert set(json.loads(line)["progress"]) == set(ProgressSnapshot.__dataclass_fields__)
+
+
+_DIRECT_FAULTS = """
+[rates.smart_pole]
+stuck_at = 2.0
+spikes = 2.0
+dropout = 2.0
+duplicate = 2.0
+clock_skew = 2.0
+[stuck_at]
+window = "6h"
+duration = ["1h", "2h"]
+metrics = ["noise_dba"]
+[spikes]
+window = "6h"
+duration = ["1h", "2h"]
+probability = 0.5
+metrics = ["temperature_c"]
+[dropout]
+window = "6h"
+duration = ["30m", "1h"]
+[duplicate]
+window = "6h"
+duration = ["1h", "2h"]
+[clock_skew]
+window = "6h"
+duration = ["1h", "2h"]
+"""
+
+
+def _rows(url: str, kind: str) -> dict[str, list[tuple[int, dict[str, float | None]]]]:
+    """Stored readings of ``kind`` by device: (time ms, metrics) in time order."""
+    metrics = KINDS[[k.name for k in KINDS].index(kind)].metric_names
+    query = sql.SQL(
+        "SELECT device_id, (extract(epoch FROM time) * 1000)::bigint, {} FROM {} ORDER BY 1, 2"
+    ).format(sql.SQL(", ").join(sql.Identifier(m) for m in metrics), sql.Identifier(f"reading_{kind}"))
+    out: dict[str, list[tuple[int, dict[str, float | None]]]] = {}
+    with psycopg.connect(url) as conn:
+        for device, t, *values in conn.execute(query).fetchall():
+            out.setdefault(device, []).append((int(t), dict(zip(metrics, values, strict=True))))
+    return out
+
+
+def _truth(model: KindModel, row: int, times: list[int]) -> dict[str, np.ndarray]:
+    """The model's values of one device at ``times``, rounded as stored (NaN: no such sensor)."""
+    values = model.step(np.full(len(times), row, dtype=np.int64), np.array(times, dtype=np.int64))
+    return {m: np.round(v, model.decimals.get(m, 2)) for m, v in values.items()}
+
+
+def test_direct_backfill_applies_the_scenario_and_the_faults(
+    database: DatabaseSettings, tmp_path: Path
+) -> None:
+    scenario_file, faults_file, fault_log = (
+        tmp_path / "storm.toml",
+        tmp_path / "faults.toml",
+        tmp_path / "log.jsonl",
+    )
+    scenario_file.write_text(
+        '[[event]]\ntype = "rainstorm"\nstart = "+30m"\nduration = "2h"\ndistricts = ["futian"]\n'
+        "rain_peak_mmh = 80.0\n"
+    )
+    faults_file.write_text(_DIRECT_FAULTS)
+    options = {"scale": 0.5, "seed": 5, "scenario_file": scenario_file, "faults_file": faults_file}
+    settings = Settings(database=database, simulator={**options, "fault_log": fault_log})  # type: ignore[arg-type]
+    from_ms = parse_time_ms("2025-03-10T00:00:00Z")
+    to_ms = from_ms + 3 * _HOUR_MS
+    backfill_direct(settings, from_ms, to_ms)
+    city = build_city("small", 0.5, 5)
+    log = read_fault_log(fault_log)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for record in log:
+        by_type.setdefault(record["type"], []).append(record)
+    # Wire-only faults are not stored, so they are not logged either.
+    assert set(by_type) == {"scenario.rainstorm", "stuck_at", "spikes", "dropout"}
+    assert [r["district"] for r in by_type["scenario.rainstorm"]] == ["futian"]
+    url = database.url
+
+    # The rainstorm: rain and rivers rise in Futian only.
+    scenario = load_scenario(scenario_file, from_ms - 1)
+    calm = build_models(city, Drivers(city.seed))["hydrology_station"]
+    hydro = city.tables["hydrology_station"]
+    stored = _rows(url, "hydrology_station")
+    for row in range(len(hydro)):
+        readings = stored[hydro.device_id(row)]
+        times = [t for t, _ in readings]
+        truth = _truth(calm, row, times)
+        rain = np.array([m["rain_mm"] for _, m in readings], dtype=float)
+        level = np.array([m["water_level_m"] for _, m in readings], dtype=float)
+        if hydro.district_slug(row) == "futian":
+            assert rain.sum() > truth["rain_mm"].sum() + 90  # about 100 mm in 2 h at an 80 mm/h peak
+            assert level.max() > truth["water_level_m"].max()
+        else:
+            assert np.array_equal(rain, truth["rain_mm"]) and np.array_equal(level, truth["water_level_m"])
+
+    # The poles: missing inside dropouts, values altered only inside the logged value faults.
+    poles = city.tables["smart_pole"]
+    model = build_models(city, Drivers(city.seed, scenario.weather))["smart_pole"]
+    schedule = build_schedules(city.tables)["smart_pole"]
+    due = schedule.due(from_ms - 1, to_ms - 1)
+    episodes: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for fault in ("stuck_at", "spikes", "dropout"):
+        for record in by_type[fault]:
+            episodes.setdefault((record["device_id"], fault), []).append(record)
+
+    def inside(device: str, fault: str, t: int) -> dict[str, Any] | None:
+        return next((r for r in episodes.get((device, fault), []) if r["start_ms"] <= t < r["end_ms"]), None)
+
+    expected = {
+        (poles.device_id(r), t)
+        for r, t in zip(due.rows.tolist(), due.slot_ms.tolist(), strict=True)
+        if inside(poles.device_id(r), "dropout", t) is None
+    }
+    stored = _rows(url, "smart_pole")
+    assert {(d, t) for d, readings in stored.items() for t, _ in readings} == expected
+    assert len(expected) < len(due)
+    row_of = {poles.device_id(r): r for r in range(len(poles))}
+    stuck_seen: set[str] = set()
+    spiked: set[str] = set()
+    for device, readings in stored.items():
+        times = [t for t, _ in readings]
+        truth = _truth(model, row_of[device], times)
+        for i, (t, metrics) in enumerate(readings):
+            for name, value in metrics.items():
+                true = float(truth[name][i])
+                if value is None:
+                    assert np.isnan(true), (device, name)
+                elif name == "noise_dba" and (stuck := inside(device, "stuck_at", t)) is not None:
+                    assert value == pytest.approx(stuck["params"]["value"], abs=0.051)
+                    stuck_seen.add(device)
+                elif name == "temperature_c" and value != true:
+                    spike = inside(device, "spikes", t)
+                    assert spike is not None, (device, t)
+                    assert abs(value - true) >= 3 * 0.01 * (50 - -10) - 0.01
+                    spiked.add(device)
+                else:
+                    assert value == true, (device, name, t)
+    assert stuck_seen == {r["device_id"] for r in by_type["stuck_at"]}
+    assert spiked == {r["device_id"] for r in by_type["spikes"]}
 
 
 class _Clock:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from test_sim_commands import Watcher, exercise_commands
@@ -23,10 +24,16 @@ from cityneuron.provision import acl_text
 from cityneuron.servers import BrokerSecurity, MosquittoBroker, broker_owner, free_port
 from cityneuron.settings import MqttSettings, Settings
 from cityneuron.tls import ensure_dev_pki, install_broker_tls
-from simulator import PublishError
+from simulator import PublishError, clock
 from simulator.city import City, build_city
+from simulator.drivers import Drivers
+from simulator.effects import Effects, EffectsSpec
+from simulator.faultconfig import load_fault_config
 from simulator.fleet import DeviceFleet, ensure_fd_limit
+from simulator.kinds import build_models
+from simulator.links import LinkTracker
 from simulator.runner import run
+from simulator.schedule import build_schedules
 
 SCALE = 0.1  # 305 devices: a few hundred concurrent connections
 OBSERVER = "test.observer"
@@ -264,3 +271,50 @@ def test_open_file_limit() -> None:
     assert ensure_fd_limit(min(soft, 64)) == soft
     with pytest.raises(PublishError, match="ulimit -n"):
         ensure_fd_limit(1 << 40)
+
+
+def test_offline_faults_cut_and_restore_links_at_their_episode_edges(city: City, tmp_path: Path) -> None:
+    faults = tmp_path / "faults.toml"
+    faults.write_text(
+        '[rates]\ndropout = 2.0\n[rates.water_meter]\nbattery_death = 1.0\n[dropout]\nwindow = "6h"\n'
+        'duration = ["30m", "1h"]\n[battery_death]\nduration = ["2h", "4h"]\n'
+    )
+    models = build_models(city, Drivers(city.seed))
+    spec = EffectsSpec(faults=load_fault_config(faults))
+    effects = Effects(city, models, build_schedules(city.tables), spec)
+    injector = effects.faults
+    assert injector is not None
+    links = LinkTracker(city, None, injector)
+
+    def truth(t_ms: int) -> dict[str, np.ndarray]:
+        """Every device inside the offline part of a dropout or battery death at ``t_ms``."""
+        out = {}
+        for kind, table in city.tables.items():
+            t = np.full(len(table), t_ms, dtype=np.int64)
+            offline = np.zeros(len(table), dtype=bool)
+            for fault in injector.active(kind):
+                ep = injector.episodes(kind, fault, table.key, t)
+                offline |= ep.hit & (t >= injector.offline_from(fault, ep.start, ep.end))
+            out[kind] = offline
+        return out
+
+    t0 = 1_741_651_200_000  # 2025-03-11T00:00Z
+    state = {kind: np.zeros(len(table), dtype=bool) for kind, table in city.tables.items()}
+    cuts = restores = 0
+    for after in [None, *range(t0, t0 + 12 * clock.MS_PER_H, 5 * clock.MS_PER_MIN)]:
+        until = t0 if after is None else after + 5 * clock.MS_PER_MIN
+        changes = links.start(t0) if after is None else links.changes(after, until)
+        for change in changes:
+            assert state[change.kind][change.rows].tolist() == [change.online] * len(change.rows)
+            state[change.kind][change.rows] = not change.online
+            cuts += 0 if change.online else len(change.rows)
+            restores += len(change.rows) if change.online else 0
+        # Only the devices whose state changed were touched, yet every device is right.
+        expected = truth(until)
+        assert all(np.array_equal(state[k], expected[k]) for k in state), until
+    assert cuts > 50 and restores > 50
+    assert links.offline_count() == sum(int(v.sum()) for v in state.values())
+    # A cut link is a logged fault, even for a meter whose daily upload no dropout hit.
+    logged = {(r.kind, r.type) for r in effects.log.records}
+    assert {("water_meter", "dropout"), ("water_meter", "battery_death")} <= logged
+    assert all("silent_from_ms" in r.params for r in effects.log.records if r.type == "battery_death")

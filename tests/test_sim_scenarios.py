@@ -434,3 +434,75 @@ def test_scenario_and_faults_run_through_a_real_broker(broker: MosquittoBroker, 
         "scenario.firmware_rollout",
     }
     assert all(line["kind"] == "smart_pole" for line in log if line["type"] == "duplicate")
+
+
+def test_device_mode_outage_fires_wills_and_the_district_reconnects(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    start_ms = now_ms() - 2 * clock.MS_PER_H
+    scenario = tmp_path / "typhoon.toml"
+    scenario.write_text(
+        '[[event]]\ntype = "typhoon"\nstart = "+5m"\nduration = "30m"\ndistricts = ["baoan"]\n'
+        'outage_start = "5m"\noutage_duration = "10m"\n'
+    )
+    cut, back = start_ms + 10 * clock.MS_PER_MIN, start_ms + 20 * clock.MS_PER_MIN
+    fault_log = tmp_path / "faults.jsonl"
+    settings = Settings(
+        mqtt=MqttSettings(port=broker.port),
+        simulator=SimulatorSettings(
+            mode="device", scale=0.02, speed=600.0, scenario_file=scenario, fault_log=fault_log
+        ),
+    )
+    city = build_city("small", 0.02, seed=42)
+    dark = {
+        t.device_id(r)
+        for name, t in city.tables.items()
+        if name in MAINS_POWERED
+        for r in range(len(t))
+        if t.district_slug(r) == "baoan"
+    }
+    assert any(d.startswith("pole-") for d in dark)
+    collector = _Collector(broker)
+    try:
+        summary = run(settings, duration_s=5.0, start_ms=start_ms)  # 50 simulated minutes
+        time.sleep(1.0)
+        received = collector.snapshot()
+    finally:
+        collector.close()
+    assert summary.errors == 0
+    will = orjson.dumps({"online": False})
+    events: dict[str, list[tuple[str, Any]]] = {}
+    for topic, payload, _ in received:
+        device = parse_topic(topic).device_id
+        if topic.endswith("/status"):
+            events.setdefault(device, []).append(
+                ("will", None) if payload == will else ("status", decode_status(payload))
+            )
+        else:
+            events.setdefault(device, []).append(("telemetry", decode_telemetry(payload)))
+    # Only the district's mains-powered devices lost their link; the broker said so with their wills.
+    assert {d for d, seen in events.items() if ("will", None) in seen} == dark
+    for device in dark:
+        seen = events[device]
+        assert seen.count(("will", None)) == 1, device
+        at = seen.index(("will", None))
+        # Before the cut: the retained announcement; no scenario status stamped with the cut.
+        assert seen[0][0] == "status" and seen[0][1].online
+        assert not any(kind == "status" and s.ts_ms in (cut, back) for kind, s in seen)
+        before = [decode_reading(i).ts_ms for kind, items in seen[:at] if kind == "telemetry" for i in items]
+        assert all(ts < cut for ts in before), device
+        # After it: online again (a fresh status with the registry facts), then reports again.
+        after = seen[at + 1 :]
+        assert after and after[0][0] == "status" and after[0][1].online and after[0][1].device, device
+        readings = [decode_reading(i).ts_ms for kind, items in after if kind == "telemetry" for i in items]
+        assert all(ts >= back for ts in readings), device
+        if device.startswith("pole-"):  # poles report every minute
+            assert readings, device
+        # The clean exit says goodbye last.
+        assert after[-1][0] == "status" and not after[-1][1].online
+    # Everyone else stayed connected and reported through the outage.
+    for device, seen in events.items():
+        if device not in dark and device.startswith("pole-"):
+            readings = [decode_reading(i).ts_ms for kind, items in seen if kind == "telemetry" for i in items]
+            assert any(cut <= ts < back for ts in readings), device
+    assert [r["district"] for r in read_fault_log(fault_log) if r["type"] == "scenario.typhoon"] == ["baoan"]
