@@ -28,6 +28,7 @@ from api.routers import (
     streams,
 )
 from api.state import ApiState
+from api.viewcache import ViewCache
 from cityneuron import __version__
 from cityneuron.settings import Settings
 
@@ -46,7 +47,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         pool = build_pool(settings.database)
         # wait=False: the API starts (and /health tells why) even when the database is down.
         await pool.open(wait=False)
-        state = ApiState(settings=settings, pool=pool)
+        state = ApiState(
+            settings=settings, pool=pool, views=ViewCache(settings.api.shared_view_max_age_ms / 1000)
+        )
         app.state.api = state
         # The broker link connects in the background: a broker that is down delays only the
         # streams and commands, which answer 503 or "disconnected" until it is back.

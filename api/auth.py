@@ -67,7 +67,7 @@ def presented_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return api_key_header
 
 
-def _caller_key(request: Request) -> ApiKey | None:
+async def _caller_key(request: Request) -> ApiKey | None:
     return cast(ApiKey | None, getattr(request.state, "api_key", None))
 
 

@@ -1,4 +1,8 @@
-"""Request dependencies as ``Annotated`` aliases: state, connection, paging and time window."""
+"""Request dependencies as ``Annotated`` aliases: state, connection, paging and time window.
+
+All are ``async def``, although none awaits anything: FastAPI runs a plain ``def`` dependency in
+its thread pool, a thread hand-off on every request of every route.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +24,14 @@ from cityneuron.settings import ApiSettings
 DEFAULT_WINDOW = timedelta(days=1)
 
 
-def _state(request: Request) -> ApiState:
+async def _state(request: Request) -> ApiState:
     return cast(ApiState, request.app.state.api)
 
 
 State = Annotated[ApiState, Depends(_state)]
 
 
-def _api_settings(state: State) -> ApiSettings:
+async def _api_settings(state: State) -> ApiSettings:
     return state.settings.api
 
 
@@ -42,7 +46,7 @@ async def _connection(state: State) -> AsyncIterator[AsyncConn]:
 Conn = Annotated[AsyncConn, Depends(_connection)]
 
 
-def _page_limit(
+async def _page_limit(
     config: ApiConfig,
     limit: Annotated[
         int | None,
@@ -94,7 +98,7 @@ def parse_time(name: str, value: str) -> datetime:
         raise BadRequest(f"{name}: {exc}", code="invalid_time") from None
 
 
-def _time_window(
+async def _time_window(
     from_: Annotated[
         str | None,
         Query(

@@ -101,6 +101,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 
+async def _overflow(request: Request, exc: Exception) -> JSONResponse:
+    # Date arithmetic on an instant the client chose at the edge of year 1 or 9999 (a window
+    # reaching back 24 h from 0001-01-01): the request, not the server, is out of range.
+    return JSONResponse(
+        error_body("value_out_of_range", f"a parameter value is out of range: {exc}"), status_code=400
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
@@ -111,4 +119,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OverflowError, _overflow)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -13,10 +13,14 @@ from fastapi import Request, Response
 CACHE_CONTROL = "no-cache"
 
 
-def make_etag(*parts: object) -> str:
-    """A strong entity tag (quoted) from the parts that identify one state of a representation."""
+def make_etag(*parts: object, weak: bool = False) -> str:
+    """An entity tag (quoted) from the parts that identify one state of a representation.
+
+    Weak (``W/``) when equal tags promise equivalent content rather than identical bytes
+    (RFC 9110 section 8.8.1), e.g. a view whose evaluation time moves while its figures do not.
+    """
     digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=12).hexdigest()
-    return f'"{digest}"'
+    return f'W/"{digest}"' if weak else f'"{digest}"'
 
 
 def matches(request: Request, etag: str) -> bool:
@@ -29,19 +33,19 @@ def matches(request: Request, etag: str) -> bool:
         if tag == "*":
             return True
         # Weak comparison: W/"x" matches "x".
-        if tag.removeprefix("W/") == etag:
+        if tag.removeprefix("W/") == etag.removeprefix("W/"):
             return True
     return False
 
 
 def not_modified(etag: str) -> Response:
     """The 304 answer: no body, the same validator."""
-    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+    return Response(status_code=304, headers=validator_headers(etag))
 
 
-def tag_response(response: Response, etag: str) -> None:
-    response.headers["ETag"] = etag
-    response.headers["Cache-Control"] = CACHE_CONTROL
+def validator_headers(etag: str) -> dict[str, str]:
+    """Headers of an answer carrying ``etag``."""
+    return {"ETag": etag, "Cache-Control": CACHE_CONTROL}
 
 
 # OpenAPI entry for a polled view answering If-None-Match.

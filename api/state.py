@@ -11,6 +11,7 @@ from api.db import AsyncConn
 from api.live.broker import BrokerLink
 from api.live.hub import Hub
 from api.queries.meta import DatabaseFeatures, load_features
+from api.viewcache import FingerprintCache, ViewCache
 from cityneuron.settings import Settings
 
 log = logging.getLogger("cityneuron.api")
@@ -25,6 +26,10 @@ class ApiState:
     # (None until the lifespan starts it).
     hub: Hub = field(default_factory=Hub)
     broker: BrokerLink | None = field(default=None)
+    # Shared views (district summary, city overview), rendered once per api.shared_view_max_age_ms.
+    views: ViewCache = field(default_factory=lambda: ViewCache(0))
+    # /latest items by (kind, district), reused while the data's fingerprint stands.
+    latest_items: FingerprintCache = field(default_factory=FingerprintCache)
 
     async def database_features(self, conn: AsyncConn) -> DatabaseFeatures:
         """TimescaleDB and continuous aggregates: detected once (at startup, or on the first

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="run the HTTP API")
     api.add_argument("--host", dest="api__host")
     api.add_argument("--port", dest="api__port", type=int)
+    api.add_argument("--workers", dest="api__workers", type=int, help="uvicorn worker processes")
     _add_mqtt_db_options(api)
 
     sim = commands.add_parser("sim", help="run the city simulator")

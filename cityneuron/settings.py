@@ -76,6 +76,10 @@ class ApiSettings(BaseModel):
     rate_limit_burst: int = Field(200, ge=1)
     max_request_bytes: int = Field(64 * 1024, ge=1024)
     command_timeout_s: float = Field(30.0, gt=0)
+    # Uvicorn worker processes; each has its own pool, rate-limit buckets and view cache.
+    workers: int = Field(1, ge=1)
+    # District summary and city overview are shared between polls, never served older than this.
+    shared_view_max_age_ms: int = Field(1000, ge=0)
 
 
 class SimulatorSettings(BaseModel):

@@ -124,6 +124,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
             "CITYNEURON_INGEST__HTTP_PORT": str(settings.ingest.http_port),
             "CITYNEURON_API__HOST": settings.api.host,
             "CITYNEURON_API__PORT": str(settings.api.port),
+            "CITYNEURON_API__WORKERS": str(settings.api.workers),
             "CITYNEURON_SIMULATOR__PRESET": settings.simulator.preset,
             "CITYNEURON_SIMULATOR__SCALE": str(settings.simulator.scale),
             "CITYNEURON_SIMULATOR__SPEED": str(settings.simulator.speed),

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from api.live.events import LiveEvent
+from api.live.events import LiveEvent, reading_events
 from api.live.hub import Hub, StreamFilter
 from cityneuron import contract
 from cityneuron.servers import MosquittoBroker
@@ -253,3 +253,23 @@ def test_hub_drops_oldest_for_a_slow_client_only() -> None:
         assert hub.subscriber_count == 0
 
     asyncio.run(scenario())
+
+
+def test_gateway_batch_becomes_one_event_per_valid_reading() -> None:
+    payload = contract.encode_batch(
+        [
+            ("pole-a", 1_763_800_000_000, {"lamp_level": 40.0}, 1),
+            ("pole-b", 1_763_800_000_000, {"lamp_level": 60.0}, 7),
+            ("pole-b", 1_763_800_060_000, {"no_such_metric": 1.0}, 8),
+        ]
+    )
+    topic = contract.parse_topic(contract.batch_topic("futian", "smart_pole"))
+    events = reading_events(topic, payload)
+    assert [(e.device_id, e.body["seq"], e.body["metrics"]["lamp_level"]["value"]) for e in events] == [
+        ("pole-a", 1, 40.0),
+        ("pole-b", 7, 60.0),
+    ]
+    assert {e.district for e in events} == {"futian"}
+    # An item naming no device is left out, the others still come through.
+    broken = orjson.dumps({"readings": [{"ts": 1_763_800_000_000, "m": {"lamp_level": 1.0}}]})
+    assert reading_events(topic, broken) == []

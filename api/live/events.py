@@ -38,15 +38,21 @@ def _iso(ts_ms: int) -> str:
 
 
 def reading_events(topic: contract.DeviceTopic, payload: bytes) -> list[LiveEvent]:
-    """The valid readings of one telemetry message; what the ingest would reject is left out."""
-    kind = KIND_BY_NAME[topic.kind]
+    """The valid readings of one telemetry message (a device's own, or a gateway batch of several
+    devices); what the ingest would reject is left out."""
     try:
-        items = contract.decode_telemetry(payload)
+        if topic.is_batch:
+            pairs = [(_batch_device(item), item) for item in contract.decode_batch(payload)]
+        else:
+            pairs = [(topic.device_id, item) for item in contract.decode_telemetry(payload)]
     except ContractError as exc:
         log.debug("live: telemetry on %s skipped: %s", topic.device_id, exc)
         return []
+    kind = KIND_BY_NAME[topic.kind]
     events: list[LiveEvent] = []
-    for item in items:
+    for device_id, item in pairs:
+        if device_id is None:
+            continue
         try:
             reading = contract.decode_reading(item)
         except ContractError:
@@ -59,17 +65,22 @@ def reading_events(topic: contract.DeviceTopic, payload: bytes) -> list[LiveEven
         }
         body = {
             "type": "reading",
-            "device_id": topic.device_id,
+            "device_id": device_id,
             "kind": topic.kind,
             "district": topic.district,
             "time": _iso(reading.ts_ms),
             "seq": reading.seq,
             "metrics": metrics,
         }
-        events.append(
-            LiveEvent("reading", topic.district, topic.kind, topic.device_id, body, frozenset(good))
-        )
+        events.append(LiveEvent("reading", topic.district, topic.kind, device_id, body, frozenset(good)))
     return events
+
+
+def _batch_device(item: Any) -> str | None:
+    try:
+        return contract.batch_item_device(item)
+    except ContractError:
+        return None
 
 
 def alert_event(payload: bytes) -> LiveEvent | None:

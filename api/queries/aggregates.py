@@ -24,7 +24,7 @@ from typing import Any
 from psycopg import sql
 
 from api.db import AsyncConn
-from api.models import Agg, AggregatePoint, AggregateSeries, Fill, GroupBy
+from api.models import Agg, Fill, GroupBy
 from api.timeparse import is_aligned
 from cityneuron.catalog import Kind, Metric
 from cityneuron.schema import CAGG_WIDTHS
@@ -141,9 +141,19 @@ def build_query(
         conditions.append(sql.SQL("r.device_id = %(device_id)s"))
         params["device_id"] = query.device_id
     if query.district is not None:
-        conditions.append(sql.SQL("d.district = %(district)s"))
+        # The district's devices as an array, not a join: the condition reaches into both arms
+        # of a real-time continuous aggregate (materialised part and recent raw rows) and uses
+        # their (device_id, time) indexes, instead of hashing the whole city's rows against
+        # the district's devices.
+        conditions.append(
+            sql.SQL(
+                "r.device_id = ANY(ARRAY(SELECT device_id FROM devices"
+                " WHERE kind = %(kind)s AND district = %(district)s))"
+            )
+        )
+        params["kind"] = query.kind.name
         params["district"] = query.district
-    needs_devices = query.district is not None or query.group_by == "district"
+    needs_devices = query.group_by == "district"
     join = sql.SQL(" JOIN devices d ON d.device_id = r.device_id") if needs_devices else sql.SQL("")
     gapfill = use_gapfill and query.fill != "none"
     if gapfill:
@@ -209,8 +219,10 @@ def _series_filled(aggregated: sql.Composable, query: AggregateQuery) -> sql.Com
 
 async def run_aggregate(
     conn: AsyncConn, query: AggregateQuery, source: str, *, use_gapfill: bool = False
-) -> list[AggregateSeries]:
-    """One series per group (a single ungrouped series without group_by), buckets in time order."""
+) -> list[dict[str, Any]]:
+    """One series per group (a single ungrouped series without group_by), buckets in time order,
+    each as the JSON object of an ``AggregateSeries`` (plain dicts: a 30-day hourly chart is 720
+    points per series, api/fastjson.py)."""
     statement, params = build_query(query, source, use_gapfill=use_gapfill)
     cur = await conn.execute(statement, params)
     rows = await cur.fetchall()
@@ -219,7 +231,7 @@ async def run_aggregate(
         statement, params = build_query(query, source, use_gapfill=False)
         cur = await conn.execute(statement, params)
         rows = await cur.fetchall()
-    series: dict[str | None, list[AggregatePoint]] = {}
+    series: dict[str | None, list[dict[str, Any]]] = {}
     for bucket, group, value, n in rows:
-        series.setdefault(group, []).append(AggregatePoint(time=bucket, value=value, count=n))
-    return [AggregateSeries(group=group, points=points) for group, points in series.items()]
+        series.setdefault(group, []).append({"time": bucket, "value": value, "count": n})
+    return [{"group": group, "points": points} for group, points in series.items()]

@@ -8,10 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from api.db import AsyncConn
-from api.models import LatestReading, MetricValue, Reading
+from api.models import Reading
 from cityneuron.catalog import KIND_BY_NAME, Kind, Metric
 
 _LATEST_COLUMNS = sql.SQL("lr.device_id, lr.kind, lr.time, lr.received_at, lr.seq, lr.metrics")
@@ -107,8 +106,9 @@ async def latest_state(conn: AsyncConn, *, kind: str, district: str | None) -> L
 
 async def latest_readings(
     conn: AsyncConn, *, kind: str, district: str | None, since: datetime | None
-) -> list[LatestReading]:
-    """Latest reading of every device of ``kind`` (in ``district``) received after ``since``."""
+) -> list[dict[str, Any]]:
+    """Latest reading of every device of ``kind`` (in ``district``) received after ``since``,
+    each as the JSON object of a ``LatestReading``."""
     source, params = _latest_from(kind, district)
     since_filter: sql.Composable = sql.SQL("")
     if since is not None:
@@ -117,38 +117,41 @@ async def latest_readings(
     query = sql.SQL("SELECT {columns} FROM {source}{since} ORDER BY lr.device_id").format(
         columns=_LATEST_COLUMNS, source=source, since=since_filter
     )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return [_latest(row) for row in await cur.fetchall()]
+    cur = await conn.execute(query, params)
+    return [_latest(row) for row in await cur.fetchall()]
 
 
-async def latest_reading(conn: AsyncConn, device_id: str) -> LatestReading | None:
-    """The device's latest reading with catalog units, metrics in catalog order."""
-    query = sql.SQL("SELECT {columns} FROM latest_reading lr WHERE lr.device_id = %s").format(
-        columns=_LATEST_COLUMNS
-    )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, (device_id,))
-        row = await cur.fetchone()
+async def latest_reading(conn: AsyncConn, device_id: str) -> dict[str, Any] | None:
+    """The device's latest reading as the JSON object of a ``LatestReading``: catalog units,
+    metrics in catalog order."""
+    cur = await conn.execute(_LATEST_OF_DEVICE, (device_id,))
+    row = await cur.fetchone()
     return _latest(row) if row is not None else None
 
 
-def _latest(row: dict[str, Any]) -> LatestReading:
-    raw: dict[str, Any] = row["metrics"] or {}
-    kind = KIND_BY_NAME.get(row["kind"])
-    metrics: dict[str, MetricValue] = {}
-    if kind is not None:
-        for metric in kind.metrics:
-            if metric.name in raw:
-                metrics[metric.name] = MetricValue(value=raw[metric.name], unit=metric.unit)
-    for name, value in raw.items():
-        # A metric since removed from the catalog is still shown, without a unit.
-        metrics.setdefault(name, MetricValue(value=value, unit=None))
-    return LatestReading(
-        device_id=row["device_id"],
-        kind=row["kind"],
-        time=row["time"],
-        received_at=row["received_at"],
-        seq=row["seq"],
-        metrics=metrics,
-    )
+_LATEST_OF_DEVICE = sql.SQL("SELECT {columns} FROM latest_reading lr WHERE lr.device_id = %s").format(
+    columns=_LATEST_COLUMNS
+)
+# (metric, unit) of each kind in catalog order.
+_UNITS: dict[str, tuple[tuple[str, str], ...]] = {
+    kind.name: tuple((m.name, m.unit) for m in kind.metrics) for kind in KIND_BY_NAME.values()
+}
+
+
+def _latest(row: tuple[Any, ...]) -> dict[str, Any]:
+    # Plain dicts, not models: this runs for every device of a polled view (api/fastjson.py).
+    device_id, kind, time, received_at, seq, raw = row
+    raw = raw or {}
+    metrics = {name: {"value": raw[name], "unit": unit} for name, unit in _UNITS.get(kind, ()) if name in raw}
+    if len(metrics) != len(raw):
+        for name, value in raw.items():
+            # A metric since removed from the catalog is still shown, without a unit.
+            metrics.setdefault(name, {"value": value, "unit": None})
+    return {
+        "device_id": device_id,
+        "kind": kind,
+        "time": time,
+        "received_at": received_at,
+        "seq": seq,
+        "metrics": metrics,
+    }

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from api.deps import ApiConfig, Conn, State, Window, catalog_kind, check_district
 from api.errors import BadRequest, device_not_found
+from api.fastjson import OrjsonResponse
 from api.models import Agg, AggregateResponse, Fill, GroupBy
 from api.queries import devices as device_queries
 from api.queries.aggregates import AggregateQuery, choose_source, gapfill_usable, run_aggregate
@@ -55,7 +56,7 @@ async def aggregates(
             " readings table (sees late data an aggregate has not refreshed yet)"
         ),
     ] = "auto",
-) -> AggregateResponse:
+) -> Response:
     """Buckets start at multiples of the width from 2000-01-01T00:00:00Z; empty buckets are omitted
     unless ``fill`` is given. More than api.max_buckets buckets is a 400 naming the limit."""
     catalog = catalog_kind(kind)
@@ -102,19 +103,20 @@ async def aggregates(
         table = choose_source(query, features.continuous_aggregates)
     use_gapfill = gapfill_usable(query, features.info.has_timescaledb)
     series = await run_aggregate(conn, query, table, use_gapfill=use_gapfill)
-    return AggregateResponse(
-        kind=kind,
-        metric=metric,
-        unit=found.unit,
-        agg=agg,
-        bucket=bucket,
-        bucket_seconds=int(width.total_seconds()),
-        start=window.start,
-        end=window.end,
-        district=district,
-        device_id=device_id,
-        group_by=group_by,
-        fill=fill,
-        source=table,
-        series=series,
-    )
+    body = {
+        "kind": kind,
+        "metric": metric,
+        "unit": found.unit,
+        "agg": agg,
+        "bucket": bucket,
+        "bucket_seconds": int(width.total_seconds()),
+        "start": window.start,
+        "end": window.end,
+        "district": district,
+        "device_id": device_id,
+        "group_by": group_by,
+        "fill": fill,
+        "source": table,
+        "series": series,
+    }
+    return OrjsonResponse(body)

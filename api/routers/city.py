@@ -92,7 +92,7 @@ _RAIN_METHOD = (
 )
 
 
-def _at(
+async def _at(
     at: Annotated[
         str | None,
         Query(

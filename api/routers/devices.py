@@ -10,7 +10,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from api.cursors import decode_cursor, encode_cursor
 from api.deps import Conn, Cursor, PageLimit, State, catalog_kind, check_district
 from api.errors import BadRequest, NotFound, device_not_found
-from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, tag_response
+from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, validator_headers
+from api.fastjson import OrjsonResponse
 from api.models import DeviceDetail, DevicePage, LatestReading, Status
 from api.queries import devices as queries
 from api.queries.readings import latest_reading
@@ -104,17 +105,14 @@ async def get_device(state: State, conn: Conn, device_id: DeviceId) -> DeviceDet
     responses=NOT_MODIFIED,
     summary="Latest values with units",
 )
-async def latest(
-    request: Request, response: Response, conn: Conn, device_id: DeviceId
-) -> LatestReading | Response:
+async def latest(request: Request, conn: Conn, device_id: DeviceId) -> Response:
     """Sends an ETag; with If-None-Match naming it, 304 until the device reports again."""
     reading = await latest_reading(conn, device_id)
     if reading is not None:
-        etag = make_etag(reading.device_id, reading.received_at.isoformat(), reading.seq, reading.time)
+        etag = make_etag(device_id, reading["received_at"].isoformat(), reading["seq"], reading["time"])
         if matches(request, etag):
             return not_modified(etag)
-        tag_response(response, etag)
-        return reading
+        return OrjsonResponse(reading, headers=validator_headers(etag))
     if await queries.device_kind(conn, device_id) is None:
         raise device_not_found(device_id)
     raise NotFound(f"device {device_id!r} has sent no reading yet", code="no_reading")

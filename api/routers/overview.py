@@ -10,11 +10,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel
 
 from api.cityviews import aqi, rain
 from api.cityviews.air_means import area_means
-from api.deps import Conn, State, check_district
+from api.db import AsyncConn, pooled_connection
+from api.deps import State, check_district
+from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, validator_headers
 from api.models_city import (
     AlertCounts,
     AqiBrief,
@@ -34,6 +37,8 @@ from api.queries import overview as queries
 from api.queries.liveness import DEVICE_STATUSES
 from api.routers import ERRORS
 from api.routers.city import aqi_index
+from api.state import ApiState
+from api.viewcache import RenderedView
 from cityneuron.catalog import DISTRICT_BY_SLUG, DISTRICTS, KINDS
 
 router = APIRouter(prefix="/city", tags=["city"], responses=ERRORS)
@@ -129,7 +134,7 @@ def _rain(stations: list[city_queries.RainStation]) -> RainBrief:
 
 
 async def _summaries(
-    conn: Conn, state: State, at: datetime, district: str | None
+    conn: AsyncConn, state: ApiState, at: datetime, district: str | None
 ) -> tuple[list[DistrictSummary], queries.DeviceCounts, queries.KeyMetricStats, dict[str, dict[str, int]]]:
     silent = state.settings.ingest.silent_after_intervals
     counts = await queries.device_counts(conn, silent_after_intervals=silent, district=district)
@@ -156,34 +161,25 @@ async def _summaries(
     return summaries, counts, stats, alerts
 
 
-@router.get(
-    "/districts/{district}/summary",
-    response_model=DistrictSummaryResponse,
-    summary="One district at a glance: devices, key metrics, AQI, rain, alerts",
-)
-async def district_summary(
-    district: Annotated[str, Path(description="district slug", examples=["futian"])], conn: Conn, state: State
-) -> DistrictSummaryResponse:
-    check_district(district)
-    at = datetime.now(tz=UTC)
-    summaries, *_ = await _summaries(conn, state, at, district)
-    return DistrictSummaryResponse(at=at, method=_METHOD, **summaries[0].model_dump())
+async def _render_summary(state: ApiState, district: str) -> RenderedView:
+    async with pooled_connection(state.pool, state.settings.database.connect_timeout_s) as conn:
+        at = datetime.now(tz=UTC)
+        summaries, *_ = await _summaries(conn, state, at, district)
+    summary = summaries[0]
+    body = DistrictSummaryResponse(at=at, method=_METHOD, **summary.model_dump())
+    return _rendered(body, summary.model_dump_json())
 
 
-@router.get(
-    "/overview",
-    response_model=CityOverviewResponse,
-    summary="The whole city at a glance, with every district's summary",
-)
-async def city_overview(conn: Conn, state: State) -> CityOverviewResponse:
-    at = datetime.now(tz=UTC)
-    summaries, counts, stats, alerts = await _summaries(conn, state, at, None)
+async def _render_overview(state: ApiState) -> RenderedView:
+    async with pooled_connection(state.pool, state.settings.database.connect_timeout_s) as conn:
+        at = datetime.now(tz=UTC)
+        summaries, counts, stats, alerts = await _summaries(conn, state, at, None)
     devices, by_kind = _devices(_merge(counts))
     by_severity: dict[str, int] = {}
     for per_district in alerts.values():
         for severity, n in per_district.items():
             by_severity[severity] = by_severity.get(severity, 0) + n
-    return CityOverviewResponse(
+    body = CityOverviewResponse(
         at=at,
         method=_METHOD,
         population=sum(d.population for d in DISTRICTS),
@@ -193,3 +189,45 @@ async def city_overview(conn: Conn, state: State) -> CityOverviewResponse:
         alerts=_alerts(by_severity),
         districts=summaries,
     )
+    return _rendered(body, body.model_dump_json(exclude={"at"}))
+
+
+def _rendered(body: BaseModel, content: str) -> RenderedView:
+    # The tag covers everything but the evaluation time: a poll gets 304 while the figures stand.
+    return RenderedView(body.model_dump_json().encode(), make_etag(content, weak=True))
+
+
+def _answer(request: Request, view: RenderedView) -> Response:
+    if matches(request, view.etag):
+        return not_modified(view.etag)
+    return Response(view.body, media_type="application/json", headers=validator_headers(view.etag))
+
+
+@router.get(
+    "/districts/{district}/summary",
+    response_model=DistrictSummaryResponse,
+    responses=NOT_MODIFIED,
+    summary="One district at a glance: devices, key metrics, AQI, rain, alerts",
+)
+async def district_summary(
+    request: Request,
+    district: Annotated[str, Path(description="district slug", examples=["futian"])],
+    state: State,
+) -> Response:
+    """Shared by every screen polling it: at most api.shared_view_max_age_ms older than the data.
+    Sends a weak ETag that ignores ``at``; If-None-Match naming it gets 304 while nothing changed."""
+    check_district(district)
+    view = await state.views.get(("summary", district), lambda: _render_summary(state, district))
+    return _answer(request, view)
+
+
+@router.get(
+    "/overview",
+    response_model=CityOverviewResponse,
+    responses=NOT_MODIFIED,
+    summary="The whole city at a glance, with every district's summary",
+)
+async def city_overview(request: Request, state: State) -> Response:
+    """Shared like the district summary: at most api.shared_view_max_age_ms older than the data."""
+    view = await state.views.get(("overview",), lambda: _render_overview(state))
+    return _answer(request, view)

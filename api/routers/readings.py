@@ -5,16 +5,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.cursors import decode_cursor, encode_cursor
+from api.db import AsyncConn
 from api.deps import Conn, Cursor, PageLimit, State, Window, catalog_kind, check_district, parse_time
 from api.errors import BadRequest, device_not_found
-from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, tag_response
+from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, validator_headers
+from api.fastjson import OrjsonResponse, dumps
 from api.models import LatestPage, ReadingPage
 from api.queries import devices as device_queries
 from api.queries.readings import device_readings, latest_readings, latest_state
 from api.routers import ERRORS
+from api.state import ApiState
 from api.timeparse import from_epoch_us, to_epoch_us
 from cityneuron.catalog import Kind, Metric
 
@@ -100,7 +104,6 @@ async def readings(
 )
 async def latest_of_kind(
     request: Request,
-    response: Response,
     state: State,
     conn: Conn,
     kind: Annotated[str, Query(description="device kind from the catalog", examples=["smart_pole"])],
@@ -113,7 +116,7 @@ async def latest_of_kind(
             examples=["2026-03-01T07:59:55Z"],
         ),
     ] = None,
-) -> LatestPage | Response:
+) -> Response:
     """One call for a dashboard tile. Poll with ``since`` for changes only, and send the ETag back
     in If-None-Match to get 304 (no body, no reading fetched) while nothing changed."""
     catalog_kind(kind)
@@ -126,14 +129,35 @@ async def latest_of_kind(
     etag = make_etag("latest", kind, district, fingerprint.fingerprint())
     if matches(request, etag):
         return not_modified(etag)
-    items = await latest_readings(conn, kind=kind, district=district, since=after)
+    items = await _latest_items(state, conn, kind, district, after, fingerprint.fingerprint())
     flush = timedelta(milliseconds=state.settings.ingest.flush_interval_ms)
-    tag_response(response, etag)
-    return LatestPage(
-        kind=kind,
-        district=district,
-        since=after,
-        next_since=fingerprint.db_now - flush - CLOCK_SKEW_ALLOWANCE,
-        devices=fingerprint.devices,
-        items=items,
-    )
+    page = {
+        "kind": kind,
+        "district": district,
+        "since": after,
+        "next_since": fingerprint.db_now - flush - CLOCK_SKEW_ALLOWANCE,
+        "devices": fingerprint.devices,
+        "items": orjson.Fragment(items),
+    }
+    return OrjsonResponse(page, headers=validator_headers(etag))
+
+
+async def _latest_items(
+    state: ApiState,
+    conn: AsyncConn,
+    kind: str,
+    district: str | None,
+    since: datetime | None,
+    fingerprint: str,
+) -> bytes:
+    """The items of /latest as JSON; the full view (no ``since``) is reused while its
+    fingerprint stands: many screens polling one district fetch and serialise its rows once per
+    change rather than once per poll."""
+    if since is not None:
+        return dumps(await latest_readings(conn, kind=kind, district=district, since=since))
+    key = (kind, district)
+    items = state.latest_items.get(key, fingerprint)
+    if items is None:
+        items = dumps(await latest_readings(conn, kind=kind, district=district, since=None))
+        state.latest_items.put(key, fingerprint, items)
+    return items
