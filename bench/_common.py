@@ -257,9 +257,8 @@ def encode_copy(rows: list[DecodedRow], received_ms: int) -> bytes:
 # --- publishers ---------------------------------------------------------------------------------
 
 
-# Messages a publisher keeps unacknowledged. paho 2.2 walks every in-flight message on each PUBACK
-# (Client._update_inflight), so the simulator's default window of 5,000 costs ~250 us of CPU per
-# message and caps one connection at ~4,500 msg/s on the README machine; 100 gives ~12,000.
+# Messages a publisher keeps unacknowledged: 100 keeps the broker's queue for the subscriber short
+# (the latency figures), and the gateway client (simulator.wireclient) is as fast with it.
 PUBLISH_WINDOW = 100
 
 
