@@ -54,6 +54,7 @@ class DeviceConnection:
         "deadline",
         "device_id",
         "fleet",
+        "held",
         "hold_until",
         "in_flight",
         "internal_mids",
@@ -87,6 +88,9 @@ class DeviceConnection:
         self.cut_by: float | None = None
         # Message ids of the device's own status and command acks: not counted as telemetry.
         self.internal_mids: set[int] = set()
+        # Telemetry handed over while the socket waits for its CONNACK: paho would write it right
+        # behind the CONNECT, ahead of the "online" status that on_connect publishes.
+        self.held: list[tuple[str, bytes, int, bool]] = []
 
     def publish(self, topic: str, payload: bytes, qos: int, *, retain: bool = False) -> bool:
         """Queue one message for this device's connection; False if the device was refused."""

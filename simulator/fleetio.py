@@ -254,18 +254,34 @@ class FleetIO:
                 item()
                 continue
             conn, topic, payload, qos, retain = item
-            info = self._client(conn).publish(topic, payload, qos=qos, retain=retain)
-            # QoS 1 messages wait in paho for the (re)connect; QoS 0 ones are lost without a link.
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not (
-                info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
-            ):
+            if conn.state is LinkState.CONNECTING:
+                conn.held.append((topic, payload, qos, retain))
+            elif not self._publish(conn, topic, payload, qos, retain):
                 failed += 1
-            else:
-                conn.in_flight += 1
+        self._count_failed(failed)
+
+    def _publish(self, conn: DeviceConnection, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        info = self._client(conn).publish(topic, payload, qos=qos, retain=retain)
+        # QoS 1 messages wait in paho for the (re)connect; QoS 0 ones are lost without a link.
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not (
+            info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+        ):
+            return False
+        conn.in_flight += 1
+        return True
+
+    def _count_failed(self, failed: int) -> None:
         if failed:
             with self.cond:
                 self.failed += failed
                 self.cond.notify_all()
+
+    def _release_held(self, conn: DeviceConnection, *, refused: bool) -> None:
+        held, conn.held = conn.held, []
+        if refused:
+            self._count_failed(len(held))
+            return
+        self._count_failed(sum(not self._publish(conn, *message) for message in held))
 
     def _dial(self, now: float) -> None:
         while self._retry_heap and self._retry_heap[0][0] <= now:
@@ -423,12 +439,14 @@ class FleetIO:
     ) -> None:
         if reason.is_failure:
             if conn.refused_by(reason):
+                self._release_held(conn, refused=True)
                 with self.cond:
                     self.refused += 1
                     self.cond.notify_all()
             log.debug("%s: broker refused the connection: %s", conn.device_id, reason)
             return
         conn.accepted(subscribe=self._commands is not None)
+        self._release_held(conn, refused=False)
         with self.cond:
             self.connected += 1
             self.connects += 1
