@@ -67,6 +67,13 @@ def _kind_statements(kind: Kind) -> KindStatements:
     )
     time_expr = _epoch_plus("ts_ms", "1 millisecond")
     received_expr = _epoch_plus("received_us", "1 microsecond")
+    names = {
+        "table": sql.Identifier(kind.table),
+        "metrics": metric_list,
+        "time": time_expr,
+        "received": received_expr,
+        "stage": stage,
+    }
     # DISTINCT ON: a reading sent twice within one batch is stored once, the first received wins,
     # as ON CONFLICT DO NOTHING does across batches. The anti-join returns only the rows already
     # stored before (rare), not every inserted row, so the sequence accounting costs little.
@@ -78,23 +85,11 @@ def _kind_statements(kind: Kind) -> KindStatements:
         " ON CONFLICT (device_id, time) DO NOTHING RETURNING device_id, time)"
         " SELECT s.ord FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM inserted AS i"
         " WHERE i.device_id = s.device_id AND i.time = timestamptz 'epoch' + s.ts_ms * interval '1 millisecond')"
-    ).format(
-        table=sql.Identifier(kind.table),
-        metrics=metric_list,
-        time=time_expr,
-        received=received_expr,
-        stage=stage,
-    )
+    ).format(**names)
     insert_new = sql.SQL(
         "INSERT INTO {table} (time, device_id, seq, received_at, {metrics})"
         " SELECT {time}, device_id, seq, {received}, {metrics} FROM {stage}"
-    ).format(
-        table=sql.Identifier(kind.table),
-        metrics=metric_list,
-        time=time_expr,
-        received=received_expr,
-        stage=stage,
-    )
+    ).format(**names)
     # The newest device timestamp wins; a late, older reading only goes to history. A newer
     # reading that carries only some metrics keeps the others from before (old || new). The
     # newest row per device is picked first, so only one row per device builds a jsonb.
