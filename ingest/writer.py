@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 import psycopg
 
+from cityneuron.backoff import backoff_delay_s
 from cityneuron.contract import now_ms
 from cityneuron.settings import IngestSettings
 from ingest.alerts.engine import Transition, log_transitions
@@ -35,12 +35,6 @@ _GET_POLL_S = 0.2
 _IDLE_PING_S = 5.0
 # Under sustained full batches the silence check is put off at most this many intervals.
 _MAX_SILENCE_DEFERRALS = 10
-
-
-def backoff_delay(attempt: int, cap_s: float) -> float:
-    """Exponential back-off with jitter ("equal jitter": half fixed, half random), capped."""
-    delay = min(cap_s, _RETRY_FIRST_DELAY_S * 2**attempt)
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -311,7 +305,7 @@ class BatchWriter:
         self._db_ok = False
         self._store.close()
         self._metrics.db_retries.inc()
-        delay = backoff_delay(attempt, self._retry_cap_s)
+        delay = backoff_delay_s(attempt, _RETRY_FIRST_DELAY_S, self._retry_cap_s)
         log.warning(
             "database unavailable attempt=%d unacked_batch=%d retry_in_s=%.2f error=%s",
             attempt + 1,

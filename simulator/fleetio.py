@@ -19,7 +19,6 @@ import heapq
 import logging
 import math
 import os
-import random
 import select
 import socket
 import ssl
@@ -33,6 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cityneuron.backoff import backoff_delay_s
 from cityneuron.contract import encode_status, now_ms
 from cityneuron.settings import MqttSettings
 from simulator.commands import CommandBook
@@ -79,7 +79,6 @@ class FleetIO:
         self._stop = stop
         self._connect_rate_per_s = connect_rate_per_s
         self._max_outstanding = max_outstanding
-        self._rng = random.Random()
         self.cond = threading.Condition()
         self._inbox: deque[_Message | Callable[[], None]] = deque()
         self._wake_pending = False
@@ -322,8 +321,7 @@ class FleetIO:
         conn.state = LinkState.IDLE
         conn.attempts += 1
         cap = max(_BACKOFF_FIRST_S, self.settings.reconnect_max_delay_s)
-        # Exponential back-off with jitter, so devices that failed together do not retry together.
-        delay = min(cap, _BACKOFF_FIRST_S * 2 ** min(conn.attempts - 1, 16)) * self._rng.uniform(0.5, 1.5)
+        delay = backoff_delay_s(conn.attempts - 1, _BACKOFF_FIRST_S, cap)
         due = max(now + delay, conn.hold_until)
         if math.isfinite(due):  # a cut device waits for restore() instead
             heapq.heappush(self._retry_heap, (due, conn.number, conn))

@@ -22,7 +22,6 @@ publish from it); the flusher only writes.
 from __future__ import annotations
 
 import logging
-import random
 import select
 import socket
 import ssl
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 
+from cityneuron.backoff import backoff_delay_s
 from cityneuron.mqttclient import tls_context
 from cityneuron.settings import MqttSettings
 from simulator.errors import PublishError
@@ -300,19 +300,19 @@ class WireClient:
 
     def _reconnect(self) -> tuple[socket.socket, PacketParser] | None:
         """Back off and reconnect until it works or the client closes; the new socket."""
-        delay = _RECONNECT_MIN_DELAY_S
         limit = max(_RECONNECT_MIN_DELAY_S, self.settings.reconnect_max_delay_s)
-        while not self._closing.wait(random.uniform(delay / 2, delay)):
+        attempt = 0
+        while not self._closing.wait(backoff_delay_s(attempt, _RECONNECT_MIN_DELAY_S, limit)):
             try:
                 sock, parser, pending = self._open()
             except PublishError as exc:
                 log.warning(
-                    "MQTT client %s: reconnect failed (%s); next try within %.1f s",
+                    "MQTT client %s: reconnect attempt %d failed (%s); backing off",
                     self.client_id,
+                    attempt + 1,
                     exc,
-                    delay,
                 )
-                delay = min(delay * 2, limit)
+                attempt += 1
                 continue
             self._adopt(sock)
             self._handle(pending)
