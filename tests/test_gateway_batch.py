@@ -329,26 +329,22 @@ def test_load_batches_hold_one_reading_of_several_devices_of_one_place() -> None
     assert len(seqs) == 300 and all(s == [0, 1, 2] for s in seqs.values())
 
 
+def _batch_load_args(settings: Settings, duration_s: int, *extra: str) -> list[str]:
+    """200 devices at 100 batches/s of up to 5 readings for ``duration_s``, plus ``extra``."""
+    return _args(
+        settings,
+        *("--devices", "200", "--rate", "100", "--duration", str(duration_s)),
+        *("--style", "batch", "--readings-per-message", "5"),
+        *extra,
+    )
+
+
 def test_load_run_in_batch_style_reconciles_to_zero_loss(
     settings: Settings,
     ingest: IngestService,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    status = main(
-        _args(
-            settings,
-            "--devices",
-            "200",
-            "--rate",
-            "100",
-            "--duration",
-            "3",
-            "--style",
-            "batch",
-            "--readings-per-message",
-            "5",
-        )
-    )
+    status = main(_batch_load_args(settings, 3))
     report = _report(capsys)
     assert status == 0, report
     rec = report["reconciliation"]
@@ -366,23 +362,7 @@ def test_load_reconciler_counts_dropped_and_broken_batches(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     status = main(
-        _args(
-            settings,
-            "--devices",
-            "200",
-            "--rate",
-            "100",
-            "--duration",
-            "2",
-            "--style",
-            "batch",
-            "--readings-per-message",
-            "5",
-            "--inject-drop-every",
-            "50",
-            "--inject-malformed-every",
-            "70",
-        )
+        _batch_load_args(settings, 2, "--inject-drop-every", "50", "--inject-malformed-every", "70")
     )
     report = _report(capsys)
     assert status == EXIT_FAILED
