@@ -229,7 +229,7 @@ class ReadingStore:
             else:
                 rows.mark_all_new()
                 return
-        else:
+        elif self._conflict_batches_left[kind] > 0:
             self._conflict_batches_left[kind] -= 1
         cur.execute(statements.insert)
         rows.mark_duplicates(ord_ for (ord_,) in cur.fetchall())

@@ -17,8 +17,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from cityneuron.contract import encode_reading, encode_readings, encode_status, now_ms
 from cityneuron.servers import MosquittoBroker, free_port
 from cityneuron.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from ingest.decode import Decoded, Limits, Message, decode_message
 from ingest.errors import IngestError
+from ingest.registry import DeviceCache
 from ingest.service import IngestService
+from ingest.store import ReadingStore
 
 T = TypeVar("T")
 POLE = "city/futian/smart_pole/pole-1/telemetry"
@@ -440,3 +443,38 @@ def test_not_ready_without_a_database(settings: Settings) -> None:
         assert not service.wait_ready(1.0)
         response = httpx.get(f"http://127.0.0.1:{service.http_port}/ready")
         assert response.status_code == 503
+
+
+def test_store_falls_back_to_on_conflict_after_a_duplicate_and_counts_every_row_once(
+    database: DatabaseSettings,
+) -> None:
+    """The fast plain insert fails on a resent reading; the batch is then written with ON CONFLICT,
+    and so are the next ones of the kind for a while: every batch stores its new rows once."""
+    limits = Limits.from_settings(IngestSettings())
+    base = now_ms() - 60_000
+    topic = "city/futian/smart_pole/pole-futian-00001/telemetry"
+
+    def batch(first: int, count: int) -> list[Decoded]:
+        return [
+            decode_message(
+                Message(topic, encode_reading(base + i, {"lamp_level": 50.0}, i), 1, 1, time.time(), 1),
+                limits,
+                now_ms(),
+            )
+            for i in range(first, first + count)
+        ]
+
+    store = ReadingStore(database, DeviceCache(), auto_register=True)
+    store.connect()
+    try:
+        assert store.write(batch(0, 10)).stored["smart_pole"] == 10  # fast path
+        resent = store.write(batch(5, 10))  # 5 stored before, 5 new: the fallback
+        assert (resent.stored["smart_pole"], resent.duplicates["smart_pole"]) == (5, 5)
+        for n in range(20):  # within, then past, the window that skips the fast path
+            later = store.write(batch(15 + n, 1))
+            assert (later.stored["smart_pole"], later.duplicates["smart_pole"]) == (1, 0)
+    finally:
+        store.close()
+    with psycopg.connect(database.url) as conn:
+        rows = conn.execute("SELECT count(*), count(DISTINCT time) FROM reading_smart_pole").fetchone()
+    assert rows == (35, 35)
