@@ -28,9 +28,8 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
-from api.db import AsyncConn, pooled_connection
+from api.db import ApiPool, AsyncConn, pooled_connection
 from cityneuron.errors import ConfigError
 
 log = logging.getLogger("cityneuron.api")
@@ -224,9 +223,7 @@ class KeyVerifier:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
 
-    async def verify(
-        self, pool: AsyncConnectionPool[AsyncConn], connect_timeout_s: float, token: str
-    ) -> ApiKey | None:
+    async def verify(self, pool: ApiPool, connect_timeout_s: float, token: str) -> ApiKey | None:
         """The active key ``token`` belongs to, or None (malformed, unknown, wrong secret, revoked).
 
         Raises DatabaseUnavailable when the key has to be loaded and the database is down.
@@ -260,7 +257,7 @@ class KeyVerifier:
         return cached
 
     async def _load(
-        self, pool: AsyncConnectionPool[AsyncConn], connect_timeout_s: float, key_id: str, secret: str
+        self, pool: ApiPool, connect_timeout_s: float, key_id: str, secret: str
     ) -> _Cached | None:
         async with pooled_connection(pool, connect_timeout_s) as conn:
             found = await _load_key(conn, key_id)

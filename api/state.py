@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from psycopg_pool import AsyncConnectionPool
-
-from api.db import AsyncConn
+from api.db import ApiPool, AsyncConn
 from api.live.broker import BrokerLink
 from api.live.hub import Hub
 from api.queries.meta import DatabaseFeatures, load_features
@@ -20,7 +18,7 @@ log = logging.getLogger("cityneuron.api")
 @dataclass(slots=True)
 class ApiState:
     settings: Settings
-    pool: AsyncConnectionPool[AsyncConn]
+    pool: ApiPool
     features: DatabaseFeatures | None = field(default=None)
     # Live streams fan out from the hub; the broker link feeds it and publishes commands
     # (None until the lifespan starts it).
@@ -28,6 +26,8 @@ class ApiState:
     broker: BrokerLink | None = field(default=None)
     # Shared views (district summary, city overview), rendered once per api.shared_view_max_age_ms.
     views: ViewCache = field(default_factory=lambda: ViewCache(0))
+    # Latest reading of one device, rendered once per api.latest_max_age_ms.
+    device_views: ViewCache = field(default_factory=lambda: ViewCache(0))
     # /latest items by (kind, district), reused while the data's fingerprint stands.
     latest_items: FingerprintCache = field(default_factory=FingerprintCache)
 

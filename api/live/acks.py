@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from psycopg_pool import AsyncConnectionPool
-
-from api.db import AsyncConn, pooled_connection
+from api.db import ApiPool, pooled_connection
 from api.errors import ApiError
 from api.queries.commands import record_ack
 from cityneuron import contract
@@ -18,7 +16,7 @@ log = logging.getLogger("cityneuron.api.live")
 class AckRecorder:
     """Called on the event loop for each ack; each write runs as its own task."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConn], connect_timeout_s: float) -> None:
+    def __init__(self, pool: ApiPool, connect_timeout_s: float) -> None:
         self._pool = pool
         self._timeout_s = connect_timeout_s
         self._tasks: set[asyncio.Task[None]] = set()
