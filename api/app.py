@@ -48,7 +48,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         # wait=False: the API starts (and /health tells why) even when the database is down.
         await pool.open(wait=False)
         state = ApiState(
-            settings=settings, pool=pool, views=ViewCache(settings.api.shared_view_max_age_ms / 1000)
+            settings=settings,
+            pool=pool,
+            views=ViewCache(settings.api.shared_view_max_age_ms / 1000),
+            device_views=ViewCache(
+                settings.api.latest_max_age_ms / 1000, max_entries=settings.api.latest_cache_devices
+            ),
         )
         app.state.api = state
         # The broker link connects in the background: a broker that is down delays only the

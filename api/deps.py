@@ -2,11 +2,16 @@
 
 All are ``async def``, although none awaits anything: FastAPI runs a plain ``def`` dependency in
 its thread pool, a thread hand-off on every request of every route.
+
+The most polled view (latest of one device) takes its state and connection with
+:func:`request_state` and :func:`state_connection` instead: a yielding dependency (``Conn``) runs
+in an exit stack under a shielded cancel scope, about a third of that route's CPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, cast
@@ -24,11 +29,21 @@ from cityneuron.settings import ApiSettings
 DEFAULT_WINDOW = timedelta(days=1)
 
 
-async def _state(request: Request) -> ApiState:
+def request_state(request: Request) -> ApiState:
+    """The application's state, as the ``State`` dependency gives it."""
     return cast(ApiState, request.app.state.api)
 
 
+async def _state(request: Request) -> ApiState:
+    return request_state(request)
+
+
 State = Annotated[ApiState, Depends(_state)]
+
+
+def state_connection(state: ApiState) -> AbstractAsyncContextManager[AsyncConn]:
+    """A pooled connection (``async with``), with the database errors mapped as for ``Conn``."""
+    return pooled_connection(state.pool, state.settings.database.connect_timeout_s)
 
 
 async def _api_settings(state: State) -> ApiSettings:
@@ -39,7 +54,7 @@ ApiConfig = Annotated[ApiSettings, Depends(_api_settings)]
 
 
 async def _connection(state: State) -> AsyncIterator[AsyncConn]:
-    async with pooled_connection(state.pool, state.settings.database.connect_timeout_s) as conn:
+    async with state_connection(state) as conn:
         yield conn
 
 

@@ -43,6 +43,13 @@ def not_modified(etag: str) -> Response:
     return Response(status_code=304, headers=validator_headers(etag))
 
 
+def answer(request: Request, body: bytes, etag: str) -> Response:
+    """The JSON ``body`` with its validator, or 304 when the request's If-None-Match names ``etag``."""
+    if matches(request, etag):
+        return not_modified(etag)
+    return Response(body, media_type="application/json", headers=validator_headers(etag))
+
+
 def validator_headers(etag: str) -> dict[str, str]:
     """Headers of an answer carrying ``etag``."""
     return {"ETag": etag, "Cache-Control": CACHE_CONTROL}

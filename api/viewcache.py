@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
-# Keys are (view, parameters) from a closed set (views x districts); this bounds memory anyway.
+# Default bound: keys of the shared views are (view, parameters) from a closed set (views x
+# districts); this bounds memory anyway.
 _MAX_ENTRIES = 256
 
 
@@ -50,11 +51,17 @@ class ViewCache:
     served is older than ``max_age_s``.
     """
 
-    def __init__(self, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_age_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = _MAX_ENTRIES,
+    ) -> None:
         if max_age_s < 0:
             raise ValueError("max_age_s must not be negative")
         self.max_age_s = max_age_s
         self._clock = clock
+        self._max_entries = max_entries
         self._entries: dict[Hashable, _Entry] = {}
 
     async def get(self, key: Hashable, render: Callable[[], Awaitable[RenderedView]]) -> RenderedView:
@@ -73,7 +80,7 @@ class ViewCache:
             if entry is not None:
                 self._entries[key] = entry
         if entry is None:
-            if len(self._entries) >= _MAX_ENTRIES:
+            if len(self._entries) >= self._max_entries:
                 self._prune(now)
             entry = self._entries[key] = self._start(key, now, render)
         elif entry.refresh is None and entry.task.done() and now - entry.started_at >= self.max_age_s / 2:
@@ -109,7 +116,7 @@ class ViewCache:
         stale = [k for k, e in self._entries.items() if not e.usable(now, self.max_age_s)]
         for key in stale:
             del self._entries[key]
-        if len(self._entries) >= _MAX_ENTRIES:
+        if len(self._entries) >= self._max_entries:
             self._entries.clear()
 
 

@@ -80,6 +80,10 @@ class ApiSettings(BaseModel):
     workers: int = Field(1, ge=1)
     # District summary and city overview are shared between polls, never served older than this.
     shared_view_max_age_ms: int = Field(1000, ge=0)
+    # The latest reading of one device likewise (0: every request reads the database).
+    latest_max_age_ms: int = Field(500, ge=0)
+    # Devices whose latest reading is kept for that long, per worker.
+    latest_cache_devices: int = Field(10_000, ge=1)
 
 
 class SimulatorSettings(BaseModel):

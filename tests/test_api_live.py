@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from api.queries.liveness import device_status, status_sql
 from cityneuron.catalog import KIND_BY_NAME
 from cityneuron.servers import MosquittoBroker
-from cityneuron.settings import DatabaseSettings, MqttSettings, Settings
+from cityneuron.settings import ApiSettings, DatabaseSettings, MqttSettings, Settings
 
 NOW = datetime(2026, 3, 1, 8, tzinfo=UTC)
 
@@ -58,6 +58,8 @@ def client(database: DatabaseSettings, broker: MosquittoBroker) -> Iterator[http
     settings = Settings(
         mqtt=MqttSettings(port=broker.port),
         database=database.model_copy(update={"connect_timeout_s": 1.0}),
+        # These tests read back each row right after writing it: no sharing window.
+        api=ApiSettings(latest_max_age_ms=0),
     )
     with serve_api(settings) as c:
         yield c

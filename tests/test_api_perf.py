@@ -1,5 +1,5 @@
-"""What the API's performance work must not break: the shared-view cache keeps its staleness bound
-and its ETag follows the data, several uvicorn workers serve, and values the database cannot
+"""What the API's performance work must not break: the shared-view caches keep their staleness bound
+and their ETags follow the data, several uvicorn workers serve, and values the database cannot
 represent are a 400, not a 500."""
 
 from __future__ import annotations
@@ -104,6 +104,29 @@ def test_view_cache_does_not_keep_failures_and_zero_disables_it() -> None:
     asyncio.run(scenario())
 
 
+def test_view_cache_keeps_at_most_max_entries() -> None:
+    async def scenario() -> None:
+        clock = _Clock()
+        cache = ViewCache(1.0, clock=clock, max_entries=3)
+        render = _Renderer()
+        for device in ("a", "b", "c"):
+            await cache.get(device, render)
+        # Full of fresh entries: a new key clears them rather than grow past the bound.
+        assert (await cache.get("d", render)).body == b"4"
+        assert (await cache.get("a", render)).body == b"5"
+        # Expired entries are dropped first; fresh ones stay.
+        clock.now += 0.9
+        await cache.get("e", render)
+        assert render.renders == 6
+        clock.now += 0.2
+        assert (await cache.get("e", render)).body == b"6"
+        await cache.get("f", render)
+        assert (await cache.get("e", render)).body == b"6"
+        assert render.renders == 7
+
+    asyncio.run(scenario())
+
+
 # --- the cache behind the district summary, over HTTP -------------------------------------------
 
 
@@ -166,6 +189,42 @@ def test_summary_shows_a_new_reading_within_the_bound_and_its_etag_changes(
             200,
             304,
         )
+
+
+def _latest_seq(response: httpx.Response) -> int:
+    assert response.status_code == 200, response.text
+    return int(response.json()["seq"])
+
+
+def test_latest_of_a_device_is_shared_then_expires(
+    database: DatabaseSettings, broker: MosquittoBroker
+) -> None:
+    _seed_station(database.url, 10.0)
+    latest = f"/devices/{STATION}/latest"
+    held = Settings(
+        mqtt=MqttSettings(port=broker.port), database=database, api=ApiSettings(latest_max_age_ms=60_000)
+    )
+    with serve_api(held) as client:
+        first = client.get(latest)
+        assert _latest_seq(first) == 1
+        with psycopg.connect(database.url) as conn:
+            _set_pm25(conn, 30.0, seq=2)
+        # Within the bound every poll gets the answer already made, validator included.
+        assert _latest_seq(client.get(latest)) == 1
+        assert client.get(latest, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+        # An unknown device is not cached as anything: still a 404 with its reason.
+        missing = client.get("/devices/aq-nowhere/latest")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "device_not_found"
+
+    bounded = held.model_copy(update={"api": ApiSettings(latest_max_age_ms=MAX_AGE_MS)})
+    with serve_api(bounded) as client:
+        before = client.get(latest)
+        assert _latest_seq(before) == 2
+        with psycopg.connect(database.url) as conn:
+            _set_pm25(conn, 40.0, seq=3)
+        time.sleep(MAX_AGE_MS / 1000)
+        after = client.get(latest, headers={"If-None-Match": before.headers["etag"]})
+        assert _latest_seq(after) == 3 and after.headers["etag"] != before.headers["etag"]
 
 
 def test_latest_of_a_district_reused_only_while_nothing_changed(

@@ -8,14 +8,25 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.cursors import decode_cursor, encode_cursor
-from api.deps import Conn, Cursor, PageLimit, State, catalog_kind, check_district
+from api.deps import (
+    Conn,
+    Cursor,
+    PageLimit,
+    State,
+    catalog_kind,
+    check_district,
+    request_state,
+    state_connection,
+)
 from api.errors import BadRequest, NotFound, device_not_found
-from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, validator_headers
-from api.fastjson import OrjsonResponse
+from api.etag import NOT_MODIFIED, answer, make_etag
+from api.fastjson import dumps
 from api.models import DeviceDetail, DevicePage, LatestReading, Status
 from api.queries import devices as queries
 from api.queries.readings import latest_reading
 from api.routers import ERRORS
+from api.state import ApiState
+from api.viewcache import RenderedView
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
 
@@ -105,14 +116,23 @@ async def get_device(state: State, conn: Conn, device_id: DeviceId) -> DeviceDet
     responses=NOT_MODIFIED,
     summary="Latest values with units",
 )
-async def latest(request: Request, conn: Conn, device_id: DeviceId) -> Response:
-    """Sends an ETag; with If-None-Match naming it, 304 until the device reports again."""
-    reading = await latest_reading(conn, device_id)
-    if reading is not None:
-        etag = make_etag(device_id, reading["received_at"].isoformat(), reading["seq"], reading["time"])
-        if matches(request, etag):
-            return not_modified(etag)
-        return OrjsonResponse(reading, headers=validator_headers(etag))
-    if await queries.device_kind(conn, device_id) is None:
-        raise device_not_found(device_id)
-    raise NotFound(f"device {device_id!r} has sent no reading yet", code="no_reading")
+async def latest(request: Request, device_id: DeviceId) -> Response:
+    """Shared by every screen polling the device: at most api.latest_max_age_ms older than the data.
+    Sends an ETag; with If-None-Match naming it, 304 until the device reports again."""
+    # No State/Conn dependencies: the dashboards' most polled route (see api/deps.py).
+    state = request_state(request)
+    view = await state.device_views.get(("latest", device_id), lambda: _render_latest(state, device_id))
+    return answer(request, view.body, view.etag)
+
+
+async def _render_latest(state: ApiState, device_id: str) -> RenderedView:
+    async with state_connection(state) as conn:
+        reading = await latest_reading(conn, device_id)
+        if reading is None:
+            registered = await queries.device_kind(conn, device_id) is not None
+    if reading is None:
+        if not registered:
+            raise device_not_found(device_id)
+        raise NotFound(f"device {device_id!r} has sent no reading yet", code="no_reading")
+    etag = make_etag(device_id, reading["received_at"].isoformat(), reading["seq"], reading["time"])
+    return RenderedView(dumps(reading), etag)

@@ -15,9 +15,9 @@ from pydantic import BaseModel
 
 from api.cityviews import aqi, rain
 from api.cityviews.air_means import area_means
-from api.db import AsyncConn, pooled_connection
-from api.deps import State, check_district
-from api.etag import NOT_MODIFIED, make_etag, matches, not_modified, validator_headers
+from api.db import AsyncConn
+from api.deps import State, check_district, state_connection
+from api.etag import NOT_MODIFIED, answer, make_etag
 from api.models_city import (
     AlertCounts,
     AqiBrief,
@@ -162,7 +162,7 @@ async def _summaries(
 
 
 async def _render_summary(state: ApiState, district: str) -> RenderedView:
-    async with pooled_connection(state.pool, state.settings.database.connect_timeout_s) as conn:
+    async with state_connection(state) as conn:
         at = datetime.now(tz=UTC)
         summaries, *_ = await _summaries(conn, state, at, district)
     summary = summaries[0]
@@ -171,7 +171,7 @@ async def _render_summary(state: ApiState, district: str) -> RenderedView:
 
 
 async def _render_overview(state: ApiState) -> RenderedView:
-    async with pooled_connection(state.pool, state.settings.database.connect_timeout_s) as conn:
+    async with state_connection(state) as conn:
         at = datetime.now(tz=UTC)
         summaries, counts, stats, alerts = await _summaries(conn, state, at, None)
     devices, by_kind = _devices(_merge(counts))
@@ -197,12 +197,6 @@ def _rendered(body: BaseModel, content: str) -> RenderedView:
     return RenderedView(body.model_dump_json().encode(), make_etag(content, weak=True))
 
 
-def _answer(request: Request, view: RenderedView) -> Response:
-    if matches(request, view.etag):
-        return not_modified(view.etag)
-    return Response(view.body, media_type="application/json", headers=validator_headers(view.etag))
-
-
 @router.get(
     "/districts/{district}/summary",
     response_model=DistrictSummaryResponse,
@@ -218,7 +212,7 @@ async def district_summary(
     Sends a weak ETag that ignores ``at``; If-None-Match naming it gets 304 while nothing changed."""
     check_district(district)
     view = await state.views.get(("summary", district), lambda: _render_summary(state, district))
-    return _answer(request, view)
+    return answer(request, view.body, view.etag)
 
 
 @router.get(
@@ -230,4 +224,4 @@ async def district_summary(
 async def city_overview(request: Request, state: State) -> Response:
     """Shared like the district summary: at most api.shared_view_max_age_ms older than the data."""
     view = await state.views.get(("overview",), lambda: _render_overview(state))
-    return _answer(request, view)
+    return answer(request, view.body, view.etag)
