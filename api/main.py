@@ -13,6 +13,7 @@ worker holds them, and an ack is recorded once (the update only matches a pendin
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -29,12 +30,21 @@ log = logging.getLogger("cityneuron.api")
 SETTINGS_ENV = "_CITYNEURON_API_WORKER_SETTINGS"
 
 
+def _served_app(settings: Settings) -> FastAPI:
+    app = create_app(settings)
+    # What is alive now (modules, the app, its models: ~90 k objects) lives as long as the process.
+    # Frozen, a full collection no longer scans it: ~50 ms of pause in the middle of some request
+    # otherwise, the worst latency of a polled view.
+    gc.freeze()
+    return app
+
+
 def worker_app() -> FastAPI:
     """The application of one worker process, from the settings :func:`run` handed down."""
     serialised = os.environ.get(SETTINGS_ENV)
     if serialised is None:
         raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with api.main.run")
-    return create_app(Settings.model_validate_json(serialised))
+    return _served_app(Settings.model_validate_json(serialised))
 
 
 def run(settings: Settings) -> None:
@@ -59,7 +69,7 @@ def run(settings: Settings) -> None:
         "timeout_graceful_shutdown": 5,
     }
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(_served_app(settings), **options)
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     uvicorn.run("api.main:worker_app", factory=True, workers=workers, **options)

@@ -47,6 +47,24 @@ class ApiMetrics:
             "cityneuron_api_requests_in_progress", "requests being handled", registry=self.registry
         )
 
+        # labels() validates and locks on every call; the children are looked up once per series
+        # (routes are templates and methods a fixed set, so these stay small).
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        self._latency_children: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
+        """Count one answered request and record its duration."""
+        counter = self._request_counters.get((method, route, status))
+        if counter is None:
+            counter = self._request_counters[(method, route, status)] = self.requests.labels(
+                method, route, str(status)
+            )
+        counter.inc()
+        latency = self._latency_children.get((method, route))
+        if latency is None:
+            latency = self._latency_children[(method, route)] = self.latency.labels(method, route)
+        latency.observe(duration_s)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -79,9 +97,7 @@ class _MetricsMiddleware:
             # The router puts the matched route in the (shared) scope.
             route = scope.get("route")
             template = cast(str, getattr(route, "path", None) or UNMATCHED_ROUTE)
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+            self.metrics.observe(scope.get("method", ""), template, status, time.perf_counter() - started)
 
 
 def install_metrics(app: FastAPI) -> ApiMetrics:
