@@ -20,9 +20,9 @@ Debian's wrk is wrk 4 (no fixed-rate -R of wrk2): "paced" runs hold the offered 
 target with a per-request delay() on each connection, drawn from an exponential distribution so
 that the connections' requests arrive as a Poisson stream (closed loop all the same: latency is
 not corrected for coordinated omission); "saturation" runs use no delay and report throughput and
-latency together.
-The mean pause is calibrated by a 2 s run first (the closed loop's rate is connections / (pause +
-mean latency)); a paced run lasts --duration or long enough for 2,000 requests. A target is met when its paced run reaches at least 90 % of the rate within the bound:
+latency together. The mean pause is calibrated by a 2 s run first (the closed loop's rate is
+connections / (pause + mean latency)); a paced run lasts --duration or long enough for 2,000
+requests. A target is met when its paced run reaches at least 90 % of the rate within the bound:
 1,000 req/s for the latest of one device, 100 req/s (a hundred screens polling each second) for
 the district views, 20 req/s for the 30-day chart.
 
