@@ -93,6 +93,13 @@ def mosquitto_version() -> str:
     return first[0].removeprefix("mosquitto version ").strip() if first else "unknown"
 
 
+def _version_or_absent(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
 def machine(postgres_version: str, timescaledb_version: str | None) -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
@@ -103,6 +110,11 @@ def machine(postgres_version: str, timescaledb_version: str | None) -> dict[str,
         "python": platform.python_version(),
         "paho_mqtt": metadata.version("paho-mqtt"),
         "psycopg": metadata.version("psycopg"),
+        # uvicorn picks httptools and uvloop when installed (uvicorn[standard]); without them the
+        # API serves through h11 and asyncio, markedly slower: say which one was measured.
+        "uvicorn": _version_or_absent("uvicorn"),
+        "httptools": _version_or_absent("httptools"),
+        "uvloop": _version_or_absent("uvloop"),
         "mosquitto": mosquitto_version(),
         "postgresql": postgres_version,
         "timescaledb": timescaledb_version,
