@@ -8,6 +8,9 @@ result that changes far less often than it is asked for. So each view is rendere
 from half that age) and shared: no answer is served more than ``max_age_s`` after its render
 started. Concurrent misses for one key wait for one render (no stampede); a failed render is not
 kept. Per worker process: N workers render each view N times as often.
+
+The latest reading of one device is shared the same way (``api.latest_max_age_ms``), keyed by
+device and bounded by ``max_entries`` (``api.latest_cache_devices``).
 """
 
 from __future__ import annotations
