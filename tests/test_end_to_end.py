@@ -6,8 +6,7 @@ Real broker, real database, the real services; values are checked against what w
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from apiserver import serve_api
+from polling import wait_until
 
 from cityneuron import contract
 from cityneuron.catalog import KIND_BY_NAME, KINDS
@@ -23,16 +23,6 @@ from cityneuron.settings import Settings
 from ingest.service import IngestService
 from simulator.city import build_city
 from simulator.runner import run as run_simulator
-
-
-def _wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 class _Recorder:
@@ -82,7 +72,7 @@ def test_simulated_city_reaches_the_api(settings: Settings, api_client: httpx.Cl
         summary = run_simulator(settings, once=True)
         assert summary.errors == 0
         assert summary.devices == city.devices
-        _wait_until(
+        wait_until(
             lambda: _stored_readings(settings.database.url) >= summary.readings,
             90,
             f"{summary.readings} readings in the database",
@@ -183,7 +173,7 @@ def test_contract_example_payload_reads_back(settings: Settings, api_client: htt
         ]
         for info in infos:
             info.wait_for_publish(10)
-        latest = _wait_until(
+        latest = wait_until(
             lambda: (r := api_client.get("/devices/pole-demo-2/latest")).status_code == 200 and r.json(),
             30,
             "the last good message",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
@@ -13,6 +13,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from polling import eventually
 
 from cityneuron.contract import encode_reading, encode_readings, encode_status, now_ms
 from cityneuron.servers import MosquittoBroker, free_port
@@ -23,7 +24,6 @@ from ingest.registry import DeviceCache
 from ingest.service import IngestService
 from ingest.store import ReadingStore
 
-T = TypeVar("T")
 POLE = "city/futian/smart_pole/pole-1/telemetry"
 HOUR_MS = 3_600_000
 
@@ -67,15 +67,6 @@ def _publish(broker: MosquittoBroker, *messages: tuple[str, bytes], retain: bool
             assert info.is_published()
 
 
-def _eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
 def _rows(settings: Settings, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(settings.database.url, autocommit=True) as conn:
         return conn.execute(query, params).fetchall()
@@ -86,7 +77,7 @@ def _count(settings: Settings, query: str, params: tuple[Any, ...] = ()) -> int:
 
 
 def _await_count(settings: Settings, query: str, expected: int, params: tuple[Any, ...] = ()) -> int:
-    return _eventually(lambda: _count(settings, query, params), lambda n: n >= expected)
+    return eventually(lambda: _count(settings, query, params), lambda n: n >= expected)
 
 
 def _sample(service: IngestService, name: str, **labels: str) -> float:
@@ -95,7 +86,7 @@ def _sample(service: IngestService, name: str, **labels: str) -> float:
 
 def _await_sample(service: IngestService, name: str, expected: float, **labels: str) -> float:
     # Counters move just after the commit the test saw in the database.
-    return _eventually(lambda: _sample(service, name, **labels), lambda n: n >= expected)
+    return eventually(lambda: _sample(service, name, **labels), lambda n: n >= expected)
 
 
 def test_single_and_array_payloads_are_stored(
@@ -144,7 +135,7 @@ def test_hypertables_store_readings_once(broker: MosquittoBroker, tsdb_database:
         _publish(broker, (topic, payload))
         _await_count(settings, "SELECT count(*) FROM reading_air_station", 2)
         _publish(broker, (topic, payload))
-        _eventually(
+        eventually(
             lambda: _sample(service, "cityneuron_ingest_duplicates_total", kind="air_station"),
             lambda n: n >= 2,
         )
@@ -165,7 +156,7 @@ def test_resent_reading_is_stored_once_and_counted(
     _publish(broker, (POLE, payload))
     twice = orjson.loads(payload)
     _publish(broker, (POLE, orjson.dumps([twice, twice])))
-    duplicates = _eventually(
+    duplicates = eventually(
         lambda: _sample(service, "cityneuron_ingest_duplicates_total", kind="smart_pole"), lambda n: n >= 3
     )
     assert duplicates == 3
@@ -337,10 +328,10 @@ def test_status_upserts_the_registry(settings: Settings, broker: MosquittoBroker
         registry_row = (
             "SELECT online, lat, lon, installed::text, meta, auto_registered, district FROM devices"
         )
-        row = _eventually(lambda: _rows(settings, registry_row), bool)
+        row = eventually(lambda: _rows(settings, registry_row), bool)
         assert row == [(True, 22.53, 113.93, "2024-05-01", {"vendor": "acme"}, True, "nanshan")]
         _publish(broker, (topic, encode_status(False, now, {"meta": {"firmware": "2.1"}})))
-        _eventually(lambda: _rows(settings, "SELECT online FROM devices"), lambda r: r == [(False,)])
+        eventually(lambda: _rows(settings, "SELECT online FROM devices"), lambda r: r == [(False,)])
         # An older status arriving late changes nothing.
         _publish(broker, (topic, encode_status(True, now - 30_000, {"lat": 1.0})))
         _publish(broker, ("city/nanshan/air_station/aq-2/status", encode_status(True, now)))
@@ -414,7 +405,7 @@ def test_a_schema_that_cannot_take_dead_letters_stops_ingest(
         conn.execute("DROP TABLE dead_letter")
     with _running(_with_ingest(settings)) as service:
         _publish(broker, (POLE, b"not json"))
-        failure = _eventually(lambda: service.failure, lambda f: f is not None)
+        failure = eventually(lambda: service.failure, lambda f: f is not None)
         assert isinstance(failure, IngestError)
         assert "cannot write dead letters" in str(failure)
         assert not service.ready()

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from polling import eventually
 
 from cityneuron.cli import main as cli_main
 from cityneuron.contract import encode_reading, now_ms
@@ -168,21 +169,12 @@ class _Client:
         matching subscribers" included; failures are >= 0x80)."""
         info = self.client.publish(topic, payload, qos=1)
         info.wait_for_publish(10)
-        code = _eventually(lambda: self.pubacks.get(info.mid), lambda code: code is not None)
+        code = eventually(lambda: self.pubacks.get(info.mid), lambda code: code is not None)
         return 0 if code is not None and code < 0x80 else code
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def _eventually(probe: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -250,7 +242,7 @@ def test_forged_topic_is_refused_and_never_reaches_the_database(
             with psycopg.connect(database.url, autocommit=True) as conn:
                 return conn.execute("SELECT device_id, lamp_level FROM reading_smart_pole").fetchall()
 
-        stored = _eventually(rows, lambda r: len(r) >= 1)
+        stored = eventually(rows, lambda r: len(r) >= 1)
         # The device's own reading arrived, so the forged one (sent first) had its chance.
         assert stored == [(POLE_A, 40.0)]
         with psycopg.connect(database.url, autocommit=True) as conn:
@@ -271,7 +263,7 @@ def test_devices_receive_only_their_own_commands(
     pole_b.subscribe("city/#")
     api = clients(port, secure.credentials(API_USER))
     assert api.publish(_topic(POLE_A, "cmd"), b'{"id":"c1"}') == 0
-    _eventually(lambda: pole_a.messages, bool)
+    eventually(lambda: pole_a.messages, bool)
     assert pole_a.messages == [(_topic(POLE_A, "cmd"), b'{"id":"c1"}')]
     # A device may not command another device, nor publish its ack on another's topic.
     assert pole_b.publish(_topic(POLE_A, "cmd")) == NOT_AUTHORIZED
@@ -300,7 +292,7 @@ def test_service_users_do_their_job_and_nothing_more(
     pole.publish(_topic(POLE_A, "status"), b"online")
     pole.publish(_topic(POLE_A, "cmd/ack"), b"ack")
     assert api.publish(_topic(POLE_A, "cmd"), b"cmd") == 0
-    _eventually(
+    eventually(
         lambda: (ingest.messages, api.messages, dashboard.messages), lambda m: all(m) and len(m[2]) >= 2
     )
     assert ingest.messages == [(_topic(POLE_A), b"reading")]  # telemetry yes, commands no
@@ -333,7 +325,7 @@ def test_gateways_publish_only_for_their_districts(
     api = clients(port, secure.credentials(API_USER))
     api.publish(_topic(METER, "cmd"), b"nanshan")
     api.publish(_topic(POLE_B, "cmd"), b"futian")
-    _eventually(lambda: futian.messages, bool)
+    eventually(lambda: futian.messages, bool)
     time.sleep(0.2)
     assert futian.messages == [(_topic(POLE_B, "cmd"), b"futian")]
 

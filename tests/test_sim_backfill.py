@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
+from polling import wait_until
 from psycopg import sql
 
 from cityneuron import contract
@@ -32,16 +31,6 @@ from simulator.scenario import load_scenario
 from simulator.schedule import KindSchedule, build_schedules
 
 _HOUR_MS = 3_600_000
-
-
-def _wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _report_readings(schedule: KindSchedule, rows: np.ndarray, slot_ms: np.ndarray) -> set[tuple[int, int]]:
@@ -106,7 +95,7 @@ def test_broker_backfill_stores_every_reading_of_the_range_once(settings: Settin
         assert summary.errors == 0
         # Each reading published exactly once: no reading in two messages, none left out.
         assert summary.readings == total
-        _wait_until(
+        wait_until(
             lambda: sum(len(s) for s in _stored(settings.database.url).values()) >= total,
             90,
             f"{total} readings in the database",
