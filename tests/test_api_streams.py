@@ -14,7 +14,7 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 from apiserver import serve_api
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from mqtttest import publisher
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
@@ -26,20 +26,6 @@ from cityneuron.settings import Settings
 
 DEADLINE_S = 20.0
 T0_MS = 1_772_323_200_000  # 2026-03-01T00:00:00Z
-
-
-@contextmanager
-def _publisher(broker: MosquittoBroker) -> Iterator[paho.Client]:
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
-    )
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def _publish(client: paho.Client, topic: str, payload: bytes) -> None:
@@ -133,7 +119,7 @@ def _sse(
 
 def test_sse_receives_filtered_readings_and_alerts(settings: Settings, broker: MosquittoBroker) -> None:
     params = {"district": "futian", "kind": "smart_pole", "metric": "pm25", "heartbeat_s": "1"}
-    with serve_api(settings) as client, _sse(client, params) as events, _publisher(broker) as pub:
+    with serve_api(settings) as client, _sse(client, params) as events, publisher(broker.port) as pub:
         _publish_mix(pub)
         received: list[dict[str, Any]] = []
         deadline = time.monotonic() + DEADLINE_S
@@ -181,7 +167,7 @@ def _ws(client: httpx.Client, query: str) -> Iterator[Any]:
 def test_websocket_subscribe_message_filters(settings: Settings, broker: MosquittoBroker) -> None:
     with serve_api(settings) as client, _ws(client, "?district=luohu&heartbeat_s=1") as (ws, ready):
         assert ready["filter"]["district"] == ["luohu"]
-        with _publisher(broker) as pub:
+        with publisher(broker.port) as pub:
             ws.send(orjson.dumps({"action": "subscribe", "district": "atlantis"}).decode())
             error = orjson.loads(ws.recv(timeout=10))
             assert error["type"] == "error" and error["code"] == "unknown_district"

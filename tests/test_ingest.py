@@ -9,10 +9,9 @@ from typing import Any
 
 import httpx
 import orjson
-import paho.mqtt.client as paho
 import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from mqtttest import publisher
 from polling import eventually
 
 from cityneuron.contract import encode_reading, encode_readings, encode_status, now_ms
@@ -47,20 +46,8 @@ def service(settings: Settings) -> Iterator[IngestService]:
         yield running
 
 
-@contextmanager
-def _publisher(port: int) -> Iterator[paho.Client]:
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def _publish(broker: MosquittoBroker, *messages: tuple[str, bytes], retain: bool = False) -> None:
-    with _publisher(broker.port) as client:
+    with publisher(broker.port) as client:
         infos = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload in messages]
         for info in infos:
             info.wait_for_publish(10)
