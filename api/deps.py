@@ -5,7 +5,7 @@ its thread pool, a thread hand-off on every request of every route.
 
 The most polled view (latest of one device) takes its state and connection with
 :func:`request_state` and :func:`state_connection` instead: a yielding dependency (``Conn``) runs
-in an exit stack under a shielded cancel scope, about a third of that route's CPU.
+in an exit stack under a shielded cancel scope: 60-100 us of the ~470 us that route cost.
 """
 
 from __future__ import annotations
