@@ -13,7 +13,8 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from test_ingest import _await_sample, _eventually, _publish, _rows, _running, _sample, _with_ingest
+from polling import eventually
+from test_ingest import _await_sample, _publish, _rows, _running, _sample, _with_ingest
 
 from cityneuron.contract import encode_reading, now_ms
 from cityneuron.servers import MosquittoBroker
@@ -127,7 +128,7 @@ def test_alert_opens_once_and_closes_once_with_hysteresis(
         # A resent opening reading is a duplicate: it must not open the alert again.
         _publish(broker, readings[1])
         _await_sample(service, "cityneuron_ingest_duplicates_total", 1, kind="manhole_cover")
-        published = _eventually(listener.received, lambda m: len(m) >= 2)
+        published = eventually(listener.received, lambda m: len(m) >= 2)
     assert _rows(settings, _ALERTS) == [
         ("mh-1", "manhole_tilt", "critical", t0 + MIN_MS, t0 + 5 * MIN_MS, 12.0, 15.0, 7.0)
     ]
@@ -153,7 +154,7 @@ def test_open_alert_survives_an_ingest_restart(settings: Settings, broker: Mosqu
         _publish(broker, (MANHOLE, encode_reading(t0 + 2 * MIN_MS, {"tilt_deg": 1.0})))
         _await_sample(second, "cityneuron_ingest_alerts_closed_total", 1, rule="manhole_tilt")
         assert _sample_opened(second) == 0
-        published = _eventually(listener.received, bool)
+        published = eventually(listener.received, bool)
     assert [m["state"] for _, m in published] == ["closed"]
     assert _rows(settings, "SELECT count(*), max(peak_value) FROM alerts") == [(1, 40.0)]
 

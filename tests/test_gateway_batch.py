@@ -14,7 +14,8 @@ import psycopg
 import pytest
 import test_load
 import test_security_broker as security
-from test_ingest import _await_count, _eventually, _publish, _rows, _running, _with_ingest
+from polling import eventually
+from test_ingest import _await_count, _publish, _rows, _running, _with_ingest
 from test_load import _args, _report
 from test_security_broker import FUTIAN_GATEWAY, NOT_AUTHORIZED, POLE_A, SecureBroker, _Client
 
@@ -187,11 +188,11 @@ def test_batch_of_devices_is_stored_per_device_with_bad_items_dead_lettered_alon
         assert sorted(_rows(settings, "SELECT device_id, kind, district FROM devices")) == [
             (f"pole-{i}", "smart_pole", "futian") for i in range(1, 6)
         ]
-        counters = _eventually(lambda: _rows(settings, _COUNTERS), lambda r: r[0][3] == 1)
+        counters = eventually(lambda: _rows(settings, _COUNTERS), lambda r: r[0][3] == 1)
         assert counters == [("pole-1", 1, 2, 1)] + [(f"pole-{i}", 1, 1, 0) for i in range(2, 6)]
         # A whole batch sent again (QoS 1 resend): nothing new stored, a duplicate per reading.
         _publish(broker, (POLES, _batch(*good)))
-        counters = _eventually(lambda: _rows(settings, _COUNTERS), lambda r: r[1][3] == 1)
+        counters = eventually(lambda: _rows(settings, _COUNTERS), lambda r: r[1][3] == 1)
         assert [c[1:] for c in counters] == [(2, 2, 2)] + [(2, 1, 1)] * 4
         assert _rows(settings, "SELECT count(*) FROM reading_smart_pole") == [(6,)]
         assert (
@@ -293,8 +294,8 @@ def test_only_gateways_of_the_district_publish_batches(
         def stored() -> list[tuple[str, float]]:
             return _rows(settings, "SELECT device_id, lamp_level FROM reading_smart_pole")
 
-        assert _eventually(stored, bool) == [(POLE_A, 3.0)]
-        letters = _eventually(
+        assert eventually(stored, bool) == [(POLE_A, 3.0)]
+        letters = eventually(
             lambda: _rows(settings, "SELECT device_id, reason FROM dead_letter ORDER BY 1"),
             lambda r: len(r) >= 2,
         )

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import orjson
 import psycopg
+from polling import eventually
 from test_ingest import (
     POLE,
     _await_count,
     _await_sample,
-    _eventually,
     _publish,
     _rows,
     _running,
@@ -52,7 +52,7 @@ def test_seq_gaps_duplicates_reorders_and_restarts_per_device(
         _publish(broker, *sent[3:])
         _await_count(settings, "SELECT count(*) FROM reading_smart_pole", 9)
         _await_sample(service, "cityneuron_ingest_duplicates_total", 1, kind="smart_pole")
-        counters = _eventually(lambda: _rows(settings, _COUNTERS, ("pole-1",)), lambda r: r[0][0] == 8)
+        counters = eventually(lambda: _rows(settings, _COUNTERS, ("pole-1",)), lambda r: r[0][0] == 8)
         assert counters == [(8, 1, 1, 1, 1)]
         assert _rows(settings, _COUNTERS, ("pole-2",)) == [(2, 101, 0, 0, 0)]
         assert _sample(service, "cityneuron_ingest_seq_gaps_total", kind="smart_pole") == 2
@@ -124,14 +124,14 @@ def test_silent_devices_are_counted_and_alerted(settings: Settings, broker: Mosq
             ("city/futian/smart_pole/pole-9/status", encode_status(True, now_ms() - 3_600_000)),
         )
         _await_count(settings, "SELECT count(*) FROM devices", 4)
-        silent = _eventually(
+        silent = eventually(
             lambda: _sample(service, "cityneuron_ingest_devices_silent", kind="smart_pole"),
             lambda n: n == 2,
             timeout_s=15,
         )
         assert silent == 2
         assert _sample(service, "cityneuron_ingest_devices_silent", kind="manhole_cover") == 0
-        rows = _eventually(lambda: _rows(settings, alert_row), lambda r: len(r) == 2)
+        rows = eventually(lambda: _rows(settings, alert_row), lambda r: len(r) == 2)
         assert sorted(rows) == [("pole-1", True), ("pole-9", True)]
         # pole-1 speaks again and pole-9 says it is going offline: both alerts close, once.
         _publish(
@@ -139,7 +139,7 @@ def test_silent_devices_are_counted_and_alerted(settings: Settings, broker: Mosq
             (POLE, encode_reading(now_ms(), {"lamp_level": 2.0})),
             ("city/futian/smart_pole/pole-9/status", encode_status(False, now_ms())),
         )
-        rows = _eventually(lambda: _rows(settings, alert_row), lambda r: not any(is_open for _, is_open in r))
+        rows = eventually(lambda: _rows(settings, alert_row), lambda r: not any(is_open for _, is_open in r))
         assert sorted(rows) == [("pole-1", False), ("pole-9", False)]
         assert _await_sample(service, "cityneuron_ingest_alerts_closed_total", 2, rule="device_silent") == 2
         assert _sample(service, "cityneuron_ingest_alerts_opened_total", rule="device_silent") == 2
@@ -156,6 +156,6 @@ def test_offline_status_and_last_will_do_not_count_as_seen(
     topic = "city/futian/smart_pole/pole-1/status"
     with _running(_with_ingest(settings)):
         _publish(broker, (topic, encode_status(False, now_ms())))
-        _eventually(lambda: _rows(settings, "SELECT online FROM devices"), lambda r: r == [(False,)])
+        eventually(lambda: _rows(settings, "SELECT online FROM devices"), lambda r: r == [(False,)])
     with psycopg.connect(settings.database.url) as conn:
         assert conn.execute("SELECT last_seen_at, messages FROM devices").fetchall() == [(None, 0)]
