@@ -3,7 +3,7 @@
 # against real Mosquitto and PostgreSQL servers that the fixtures start on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --test
 venv="${CITYNEURON_VENV:-.venv}"
 scripts/lint.sh
 exec "$venv/bin/python" -m pytest "$@"
