@@ -8,9 +8,9 @@
 #     scripts/bench.sh [RESULTS_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+scripts/bootstrap.sh --bench
 venv="${CITYNEURON_VENV:-.venv}"
 python="$venv/bin/python"
-[ -x "$python" ] || python="python3"
 out="${1:-bench/results/$(date +%Y-%m-%d)}"
 mkdir -p "$out"
 
