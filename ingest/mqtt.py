@@ -42,7 +42,15 @@ _PUT_POLL_S = 0.5
 
 
 def telemetry_filter(share_group: str) -> str:
-    """Shared subscription: the broker spreads telemetry over every ingest process of the group."""
+    """A plain subscription (no group), or a shared one: the broker spreads telemetry over every
+    ingest process of the group.
+
+    Only the plain one survives a broker restart: Mosquitto 2.0 saves a persistent session's
+    subscriptions but not its shared ones (src/persist_write.c, persist__subs_save writes the
+    normal leaves only; checked against 2.0.21), so after a restart it acknowledges and drops the
+    readings that arrive before a grouped ingest has subscribed again."""
+    if not share_group:
+        return contract.subscription(contract.TELEMETRY)
     return f"$share/{share_group}/{contract.subscription(contract.TELEMETRY)}"
 
 
