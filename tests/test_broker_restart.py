@@ -215,3 +215,33 @@ def test_no_acknowledged_reading_is_lost_across_a_broker_restart(
     assert {key: n for key, n in stored.items() if n != 1} == {}
     sent = {key for publisher in publishers for key in publisher.sent.values()}
     assert stored.keys() <= sent
+
+
+def test_a_session_from_the_shared_default_does_not_receive_twice(
+    settings: Settings, broker: MosquittoBroker
+) -> None:
+    """Upgrading ingest against a broker that kept its session: the session still holds the
+    former ``$share/cityneuron-ingest/...`` subscription next to the new plain one, and each
+    reading would be delivered twice (stored once, but counted and processed twice)."""
+    client_id = settings.ingest.client_id
+    former = _client(client_id)
+    subscribed = threading.Event()
+    former.on_subscribe = lambda *args: subscribed.set()
+    with _connected(former, broker.port, clean_start=False):
+        former.subscribe("$share/cityneuron-ingest/city/+/+/+/telemetry", options=SubscribeOptions(qos=1))
+        assert subscribed.wait(10), "no SUBACK"
+    ingest = settings.ingest.model_copy(update={"http_port": 0})
+    with IngestService(settings.model_copy(update={"ingest": ingest})) as service:
+        assert service.wait_ready(15)
+        publisher = _client("p-once")
+        with _connected(publisher, broker.port, clean_start=True):
+            payload = encode_reading(now_ms(), {"lamp_level": 1.0}, seq=1)
+            publisher.publish("city/futian/smart_pole/pole-once/telemetry", payload, qos=1).wait_for_publish(
+                10
+            )
+        eventually(lambda: _stored(settings.database.url), bool)
+        time.sleep(0.5)  # a second delivery would have arrived by now
+        received = service.metrics.registry.get_sample_value(
+            "cityneuron_ingest_messages_received_total", {"channel": "telemetry"}
+        )
+    assert received == 1
