@@ -14,9 +14,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cityneuron.credentials import device_password, read_device_key
 from cityneuron.errors import ConfigError
-from cityneuron.provision import GatewayScope, Layout, provision
-from cityneuron.servers import broker_owner, mosquitto_config
+from cityneuron.passwd import checked_ids
+from cityneuron.provision import DEVICE_KEY_FILE, PASSWORD_FILE, GatewayScope, Layout, add_devices, provision
+from cityneuron.servers import (
+    BROKER_LOG_FILE,
+    broker_owner,
+    mosquitto_config,
+    prepare_broker_data_dir,
+    reload_broker,
+)
 from cityneuron.settings import Settings
 from cityneuron.stack import city_device_ids, local_broker_security
 from cityneuron.tls import (
@@ -55,7 +63,9 @@ def add_parser(commands: Any) -> None:
     prov.add_argument("--scale", dest="simulator__scale", type=float)
     prov.add_argument("--seed", dest="simulator__seed", type=int)
     prov.add_argument(
-        "--devices-file", type=Path, help="provision the device ids in this file (one a line), not the city's"
+        "--devices-file",
+        type=Path,
+        help="add the device ids in this file (one a line) to the devices already provisioned",
     )
     prov.add_argument(
         "--gateway",
@@ -92,6 +102,27 @@ def add_parser(commands: Any) -> None:
     config.add_argument("--out", type=Path, help="write here instead of printing")
     config.set_defaults(handler=_config)
 
+    add = sub.add_parser(
+        "add-device",
+        help="add devices of your own next to the city: password file, then reload the running broker",
+    )
+    add.add_argument("device_ids", nargs="+", metavar="DEVICE_ID", help="[a-z0-9][a-z0-9-]{0,63}")
+    add.add_argument("--home", dest="stack__home", type=Path)
+    add.add_argument("--no-reload", dest="reload", action="store_false", help="do not signal the broker")
+    add.set_defaults(handler=_add_device)
+
+    password = sub.add_parser("password", help="print a device's MQTT password")
+    password.add_argument("device_id", metavar="DEVICE_ID")
+    password.add_argument("--home", dest="stack__home", type=Path)
+    password.add_argument("--secrets-dir", type=Path, help="folder holding device.key (default: the home's)")
+    password.set_defaults(handler=_password)
+
+    reload = sub.add_parser(
+        "reload", help="make the running broker re-read its password file and ACL (SIGHUP)"
+    )
+    reload.add_argument("--home", dest="stack__home", type=Path)
+    reload.set_defaults(handler=_reload)
+
 
 def _device_ids(args: argparse.Namespace, settings: Settings) -> Iterable[str]:
     if args.devices_file is None:
@@ -118,6 +149,8 @@ def _provision(args: argparse.Namespace, settings: Settings) -> int:
         broker_owner=owner,
         secrets_owner=args.secrets_owner,
         workers=args.workers or os.cpu_count() or 1,
+        # A devices file adds to what is there: the city's devices must keep working.
+        mode="replace" if args.devices_file is None else "add",
     )
     elapsed = time.monotonic() - started
     print(
@@ -149,12 +182,49 @@ def _certs(args: argparse.Namespace, settings: Settings) -> int:
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     security = local_broker_security(settings)
     data_dir = Layout(settings.stack.home.resolve()).broker_data_dir
+    # Whoever runs this config (root included) gets a broker that can write its log, pid and
+    # persistence file, as under `cityneuron up`.
+    stay_root = prepare_broker_data_dir(data_dir)
     text = mosquitto_config(
-        port=settings.mqtt.port, data_dir=data_dir, log_file=data_dir / "mosquitto.log", security=security
+        port=settings.mqtt.port,
+        data_dir=data_dir,
+        log_file=data_dir / BROKER_LOG_FILE,
+        security=security,
+        run_as_root=stay_root,
     )
     if args.out is None:
         print(text, end="")
     else:
         args.out.write_text(text)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _add_device(args: argparse.Namespace, settings: Settings) -> int:
+    layout = Layout(settings.stack.home.resolve())
+    added = add_devices(layout.broker_dir, layout.secrets_dir, args.device_ids, broker_owner=broker_owner())
+    print(f"added {added} new device(s) to {layout.broker_dir / PASSWORD_FILE}")
+    key = read_device_key(layout.secrets_dir / DEVICE_KEY_FILE)
+    for device_id in args.device_ids:
+        print(f"  {device_id}  password {device_password(key, device_id)}")
+    if args.reload:
+        try:
+            pid = reload_broker(layout.broker_data_dir)
+        except ConfigError as exc:
+            print(f"broker not reloaded ({exc}): it reads the new devices when it starts")
+        else:
+            print(f"broker (pid {pid}) reloaded: the devices may connect now")
+    return 0
+
+
+def _password(args: argparse.Namespace, settings: Settings) -> int:
+    secrets_dir = args.secrets_dir or Layout(settings.stack.home.resolve()).secrets_dir
+    (device_id,) = checked_ids([args.device_id])
+    print(device_password(read_device_key(secrets_dir / DEVICE_KEY_FILE), device_id))
+    return 0
+
+
+def _reload(args: argparse.Namespace, settings: Settings) -> int:
+    pid = reload_broker(Layout(settings.stack.home.resolve()).broker_data_dir)
+    print(f"sent SIGHUP to mosquitto (pid {pid}): it re-reads its password file and ACL")
     return 0

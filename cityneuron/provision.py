@@ -8,30 +8,28 @@ device may publish only on its own topics. See docs/security.md.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
+from typing import Literal
 
 from cityneuron.catalog import DISTRICT_BY_SLUG
 from cityneuron.contract import ALERTS_TOPIC_ROOT, TOPIC_ROOT, is_device_id
-from cityneuron.credentials import device_password, new_device_key, read_device_key
+from cityneuron.credentials import new_device_key, read_device_key
 from cityneuron.errors import ConfigError
+from cityneuron.passwd import (  # noqa: F401  (re-exported: the password file's format lives there)
+    HASH_ITERATIONS,
+    add_to_password_file,
+    check_mosquitto_hash,
+    checked_ids,
+    mosquitto_hash,
+    write_password_file,
+)
 
 log = logging.getLogger("cityneuron.provision")
-
-# Mosquitto 2.0 password hashes: "$7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512>",
-# with mosquitto_passwd's defaults (src/password_mosq.c: PW_DEFAULT_ITERATIONS 101, 12-byte salt).
-HASH_ITERATIONS = 101
-_SALT_BYTES = 12
-_HASH_ID = "7"
 
 # Service users are named outside the device id alphabet ([a-z0-9-], contract.DEVICE_ID_PATTERN):
 # the device patterns (%u) apply to every user, so a service user named like a device could
@@ -48,7 +46,8 @@ PASSWORD_FILE = "passwd"
 ACL_FILE = "acl"
 DEVICE_KEY_FILE = "device.key"
 _SECRET_SUFFIX = ".password"
-_CHUNK_DEVICES = 2000
+# Devices added by the user (add-device, provision --devices-file), kept when the city changes.
+ADDED_DEVICES_FILE = "devices.added"
 
 _DEVICE_WRITE_CHANNELS = ("telemetry", "status", "event", "cmd/ack")
 
@@ -133,47 +132,6 @@ class Layout:
 
 def secret_file(secrets_dir: Path, user: str) -> Path:
     return secrets_dir / f"{user}{_SECRET_SUFFIX}"
-
-
-# --- Mosquitto password hashes ------------------------------------------------------------------
-
-
-def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = HASH_ITERATIONS) -> str:
-    """``password`` hashed as mosquitto_passwd does ($7$: PBKDF2-HMAC-SHA512)."""
-    salt = salt if salt is not None else os.urandom(_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    b64 = base64.b64encode
-    return f"${_HASH_ID}${iterations}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def check_mosquitto_hash(password: str, hashed: str) -> bool:
-    """Whether ``password`` matches a $7$ hash from a Mosquitto password file."""
-    try:
-        _, hash_id, iterations, salt, digest = hashed.split("$")
-        if hash_id != _HASH_ID:
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
-    except ValueError:
-        return False
-    return hmac.compare_digest(expected, actual)
-
-
-def _device_lines(device_key: bytes, device_ids: Sequence[str]) -> str:
-    return "".join(f"{d}:{mosquitto_hash(device_password(device_key, d))}\n" for d in device_ids)
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _checked_ids(device_ids: Iterable[str]) -> Iterator[str]:
-    for device_id in device_ids:
-        if not is_device_id(device_id):
-            raise ConfigError(f"device id {device_id!r} does not match the contract's device id pattern")
-        yield device_id
 
 
 # --- ACL ---------------------------------------------------------------------------------------
@@ -269,51 +227,53 @@ def _service_secret(secrets_dir: Path, user: str, owner: tuple[int, int] | None)
     return password
 
 
-def _device_key(secrets_dir: Path, owner: tuple[int, int] | None) -> bytes:
+def _device_key(secrets_dir: Path, owner: tuple[int, int] | None) -> tuple[bytes, bool]:
+    """The device key, and whether it was made just now."""
     path = secrets_dir / DEVICE_KEY_FILE
     if path.exists():
-        return read_device_key(path)
+        return read_device_key(path), False
     key = new_device_key()
     _write_private(path, key.hex() + "\n", owner)
-    return key
+    return key, True
 
 
-def write_password_file(
-    path: Path,
-    device_key: bytes,
-    device_ids: Iterable[str],
-    users: dict[str, str],
-    *,
-    owner: tuple[int, int] | None = None,
-    workers: int = 1,
+def added_devices(broker_dir: Path) -> list[str]:
+    """The devices the user added next to the city (``cityneuron broker add-device``)."""
+    path = broker_dir / ADDED_DEVICES_FILE
+    return path.read_text().split() if path.exists() else []
+
+
+def record_added_devices(broker_dir: Path, device_ids: Iterable[str], owner: tuple[int, int] | None) -> None:
+    known = added_devices(broker_dir)
+    new = [d for d in dict.fromkeys(checked_ids(device_ids)) if d not in set(known)]
+    if new:
+        _write_private(broker_dir / ADDED_DEVICES_FILE, "".join(f"{d}\n" for d in (*known, *new)), owner)
+
+
+def add_devices(
+    broker_dir: Path, secrets_dir: Path, device_ids: Sequence[str], *, broker_owner: tuple[int, int] | None
 ) -> int:
-    """Write the Mosquitto password file: service/gateway ``users`` then every device.
+    """Add devices of the user's own to an existing password file, touching nothing else (users,
+    gateways, ACL). The ACL needs no change: device rules are ``%u`` patterns. Returns how many
+    were not in the file yet."""
+    passwd = broker_dir / PASSWORD_FILE
+    key_file = secrets_dir / DEVICE_KEY_FILE
+    if not passwd.exists() or not key_file.exists():
+        raise ConfigError(
+            f"no provisioned broker in {broker_dir} (password file and {key_file}):"
+            " run `cityneuron up` (or `cityneuron broker provision`) once first"
+        )
+    _, added = add_to_password_file(passwd, read_device_key(key_file), device_ids, owner=broker_owner)
+    record_added_devices(broker_dir, device_ids, broker_owner)
+    log.info("added %d of %d devices to %s", added, len(device_ids), passwd)
+    return added
 
-    Hashing is the cost (one PBKDF2 per device); ``workers`` > 1 spreads it over processes.
-    Returns the number of device lines.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    devices = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        for user, password in users.items():
-            handle.write(f"{user}:{mosquitto_hash(password)}\n")
-        chunks = _chunks(_checked_ids(device_ids), _CHUNK_DEVICES)
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                pending = [(len(c), pool.submit(_device_lines, device_key, c)) for c in chunks]
-                for count, future in pending:
-                    handle.write(future.result())
-                    devices += count
-        else:
-            for chunk in chunks:
-                handle.write(_device_lines(device_key, chunk))
-                devices += len(chunk)
-    if owner is not None:
-        os.chown(tmp, *owner)
-    os.replace(tmp, path)
-    return devices
+
+# How provision() treats the devices already in the password file:
+# replace  - the file gets ``device_ids`` plus the devices the user added (the city's own file);
+# add      - ``device_ids`` are added to every device already there and recorded as the user's;
+# complete - like add, not recorded (`cityneuron up` putting back city devices missing from it).
+PasswordMode = Literal["replace", "add", "complete"]
 
 
 def provision(
@@ -325,13 +285,15 @@ def provision(
     broker_owner: tuple[int, int] | None = None,
     secrets_owner: tuple[int, int] | None = None,
     workers: int = 1,
+    mode: PasswordMode = "replace",
 ) -> Provisioned:
     """Write the broker's password file and ACL, and the clients' secrets.
 
     ``broker_dir`` gets ``passwd``, ``acl`` and the health-check password, owned by
     ``broker_owner`` (the user Mosquitto runs as). ``secrets_dir`` gets the device key and one
     ``<user>.password`` per service and gateway user. Existing secrets are kept, so provisioning
-    again (new devices) does not change anyone's password; the password file and ACL are rewritten.
+    again does not change anyone's password. The ACL and the service and gateway lines are
+    rewritten; ``mode`` says what happens to the devices already in the password file.
     """
     names = [g.name for g in gateways]
     if len(set(names)) != len(names):
@@ -342,10 +304,29 @@ def provision(
     passwords = {user: _service_secret(secrets_dir, user, secrets_owner) for user in users}
     # The broker's own health check runs inside the broker's container: give it its secret there.
     _write_private(secret_file(broker_dir, HEALTH_USER), passwords[HEALTH_USER] + "\n", broker_owner)
-    key = _device_key(secrets_dir, secrets_owner)
-    devices = write_password_file(
-        broker_dir / PASSWORD_FILE, key, device_ids, passwords, owner=broker_owner, workers=workers
-    )
+    key, new_key = _device_key(secrets_dir, secrets_owner)
+    passwd = broker_dir / PASSWORD_FILE
+    if mode == "add":
+        device_ids = list(device_ids)
+        record_added_devices(broker_dir, device_ids, broker_owner)
+    if mode == "replace" or new_key:
+        # Lines hashed under another key are worthless: rebuild, with the user's own devices.
+        devices = write_password_file(
+            passwd, key, _with_added(device_ids, broker_dir), passwords, owner=broker_owner, workers=workers
+        )
+    else:
+        devices, _ = add_to_password_file(
+            passwd, key, device_ids, passwords, owner=broker_owner, workers=workers
+        )
     _write_private(broker_dir / ACL_FILE, acl_text(gateways), broker_owner)
     log.info("provisioned %d devices and %d users into %s", devices, len(users), broker_dir)
     return Provisioned(broker_dir, secrets_dir, devices, users)
+
+
+def _with_added(device_ids: Iterable[str], broker_dir: Path) -> Iterator[str]:
+    """``device_ids`` (streamed: a city may have millions), then the user's devices not among them."""
+    remaining = dict.fromkeys(added_devices(broker_dir))
+    for device_id in device_ids:
+        remaining.pop(device_id, None)
+        yield device_id
+    yield from list(remaining)

@@ -6,9 +6,11 @@ is a context manager that owns one data folder and one child process.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -92,7 +94,68 @@ def _find_mosquitto(explicit: Path | None) -> Path:
     for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
-    raise ConfigError("mosquitto not found: install it (Debian/Ubuntu: apt-get install mosquitto)")
+    raise ConfigError(
+        "mosquitto not found: install Mosquitto 2.0.12 or newer"
+        " (Debian 12: from bookworm-backports, as scripts/bootstrap.sh does)"
+    )
+
+
+# Mosquitto before 2.0.12 does not restore the $share subscriptions of persistent sessions when it
+# restarts (its ChangeLog, 2.0.12: "Fix $share subscriptions not being recovered for durable
+# clients that reconnect"): it acknowledges, then drops, every reading that arrives before ingest
+# has subscribed again, so the no-loss promise cannot hold on it.
+MIN_MOSQUITTO_VERSION = (2, 0, 12)
+_VERSION_RE = re.compile(r"mosquitto version (\d+)\.(\d+)\.(\d+)")
+
+
+def parse_mosquitto_version(help_text: str) -> tuple[int, int, int] | None:
+    """The version in the output of ``mosquitto -h`` ("mosquitto version 2.0.21"), or None."""
+    match = _VERSION_RE.search(help_text)
+    if match is None:
+        return None
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def mosquitto_version_problem(binary: Path, help_text: str) -> str | None:
+    """Why this Mosquitto cannot be used (one line), or None when it is recent enough."""
+    version = parse_mosquitto_version(help_text)
+    minimum = ".".join(map(str, MIN_MOSQUITTO_VERSION))
+    fix = (
+        f"install Mosquitto {minimum} or newer (Debian 12: from bookworm-backports, as"
+        " scripts/bootstrap.sh does; Ubuntu 24.04 ships 2.0.18) or point CITYNEURON_STACK__MOSQUITTO_BIN at one"
+    )
+    if version is None:
+        first = help_text.strip().splitlines()[0][:80] if help_text.strip() else "no output"
+        return f"cannot tell the version of {binary} (`mosquitto -h` said: {first!r}): {fix}"
+    if version >= MIN_MOSQUITTO_VERSION:
+        return None
+    found = ".".join(map(str, version))
+    return (
+        f"{binary} is Mosquitto {found}, older than {minimum}: it does not restore the $share"
+        " subscriptions of persistent sessions after a restart, so readings it acknowledged while"
+        f" ingest reconnects are lost; {fix}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _help_text(binary: str, mtime_ns: int) -> str:
+    # `mosquitto -h` prints its version and usage and exits with status 3: the status means nothing.
+    try:
+        result = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot run {binary} -h: {exc}") from exc
+    return result.stdout + result.stderr
+
+
+def find_mosquitto(explicit: Path | None = None) -> Path:
+    """The Mosquitto binary to run: ``explicit``, PATH or the usual folders; ConfigError (one
+    line) when there is none or it is older than MIN_MOSQUITTO_VERSION."""
+    binary = _find_mosquitto(explicit)
+    problem = mosquitto_version_problem(binary, _help_text(str(binary), binary.stat().st_mtime_ns))
+    if problem is not None:
+        raise ConfigError(problem)
+    return binary
 
 
 def find_postgres_bin_dir(explicit: Path | None = None) -> Path:
@@ -124,14 +187,14 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         ) from None
 
 
-def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
+def _check_traversable(path: Path, user: pwd.struct_passwd, server: str = "PostgreSQL") -> None:
     for parent in path.resolve().parents:
         st = parent.stat()
         if st.st_uid == user.pw_uid:
             continue
         if not st.st_mode & 0o001:
             raise ConfigError(
-                f"PostgreSQL runs as user '{user.pw_name}', who cannot enter {parent}:"
+                f"{server} runs as user '{user.pw_name}', who cannot enter {parent}:"
                 f" put the data elsewhere (e.g. CITYNEURON_STACK__HOME=/var/tmp/cityneuron)"
             )
 
@@ -173,6 +236,53 @@ def broker_owner() -> tuple[int, int] | None:
     except KeyError:
         return None
     return user.pw_uid, user.pw_gid
+
+
+# The files Mosquitto writes into its data folder (mosquitto_config names them).
+BROKER_LOG_FILE = "mosquitto.log"
+BROKER_PID_FILE = "mosquitto.pid"
+BROKER_PERSISTENCE_FILE = "mosquitto.db"  # broker/conf.d/cityneuron.conf: persistence_file
+
+
+def prepare_broker_data_dir(data_dir: Path) -> bool:
+    """Create the broker's data folder and hand it to the user Mosquitto runs as.
+
+    Started as root, Mosquitto switches to its 'mosquitto' user before it opens its log, pid and
+    persistence files (checked with 2.0.21): without this every autosave fails with "Permission
+    denied" and the sessions (and the readings queued in them) do not survive a restart. Returns
+    True when there is no such user and Mosquitto must be told to stay root (``user root``).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    owner = broker_owner()
+    if owner is None:
+        return os.geteuid() == 0
+    os.chown(data_dir, *owner)
+    for name in (BROKER_LOG_FILE, BROKER_PID_FILE, BROKER_PERSISTENCE_FILE):
+        # Left by an earlier run as root (e.g. `mosquitto -c` of an older generated config).
+        if (data_dir / name).exists():
+            os.chown(data_dir / name, *owner)
+    _check_traversable(data_dir, pwd.getpwuid(owner[0]), "Mosquitto")
+    return False
+
+
+def reload_broker(data_dir: Path) -> int:
+    """Send SIGHUP to the broker whose pid file is in ``data_dir``: Mosquitto then re-reads its
+    password file and ACL (mosquitto(8), SIGNALS). Returns its pid; ConfigError when it does not run."""
+    pid_file = data_dir / BROKER_PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        raise ConfigError(f"no broker running with its data in {data_dir} (no readable {pid_file})") from None
+    comm = Path(f"/proc/{pid}/comm")
+    # A pid file left by a killed broker may name another process by now: check before signalling.
+    if comm.exists() and comm.read_text().strip() != "mosquitto":
+        raise ConfigError(f"{pid_file} names pid {pid}, which is not mosquitto: is the broker running?")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise ConfigError(f"the broker of {pid_file} (pid {pid}) is not running") from None
+    log.info("sent SIGHUP to mosquitto pid %d", pid)
+    return pid
 
 
 @dataclass(frozen=True)
@@ -219,6 +329,8 @@ def mosquitto_config(
         "# the included broker/conf.d folder.",
         f"include_dir {broker_conf_dir()}",
         f"persistence_location {data_dir}/",
+        # `cityneuron broker reload` (or kill -HUP) finds the broker here; removed when it stops.
+        f"pid_file {data_dir / BROKER_PID_FILE}",
     ]
     if run_as_root:
         lines.append("user root")
@@ -301,18 +413,19 @@ class MosquittoBroker(_ServerProcess):
 
     @property
     def log_file(self) -> Path:
-        return self.data_dir / "mosquitto.log"
+        return self.data_dir / BROKER_LOG_FILE
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (also in ``data_dir/mosquitto.pid``)."""
+        return self._process.pid if self.running and self._process is not None else None
 
     @property
     def ports(self) -> tuple[int, ...]:
         return (self.port, *(self.security.ports if self.security else ()))
 
     def _write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        owner = broker_owner()
-        if owner is not None:
-            # As root Mosquitto switches to its own user; let that user write the data folder.
-            os.chown(self.data_dir, *owner)
+        stay_root = prepare_broker_data_dir(self.data_dir)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(
             mosquitto_config(
@@ -321,13 +434,13 @@ class MosquittoBroker(_ServerProcess):
                 log_file=self.log_file,
                 security=self.security,
                 anonymous=self.anonymous,
-                run_as_root=os.geteuid() == 0 and owner is None,
+                run_as_root=stay_root,
             )
         )
         return conf
 
     def start(self, timeout_s: float = 15.0) -> None:
-        binary = _find_mosquitto(self._binary)
+        binary = find_mosquitto(self._binary)
         for port in self.ports:
             check_port_free(port, "mosquitto")
         conf = self._write_config()

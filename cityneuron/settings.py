@@ -40,7 +40,11 @@ class DatabaseSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    share_group: str = "cityneuron-ingest"
+    # Empty: one ingest process with a plain subscription, which survives a broker restart. A group
+    # name spreads telemetry over several processes ($share/<group>/...), but Mosquitto 2.0 does
+    # not persist shared subscriptions: readings arriving after a broker restart, before ingest
+    # subscribes again, are acknowledged and lost (docs/architecture.md).
+    share_group: str = ""
     client_id: str = "cityneuron-ingest-1"
     batch_max_messages: int = Field(2000, ge=1)
     flush_interval_ms: int = Field(100, ge=1)

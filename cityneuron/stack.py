@@ -30,6 +30,7 @@ from cityneuron.provision import (
     API_USER,
     CITY_GATEWAY,
     DASHBOARD_USER,
+    DEVICE_KEY_FILE,
     INGEST_USER,
     SERVICE_USERS,
     Layout,
@@ -37,7 +38,14 @@ from cityneuron.provision import (
     provision,
 )
 from cityneuron.schema import init_schema
-from cityneuron.servers import BrokerSecurity, MosquittoBroker, PostgresServer, broker_owner, check_port_free
+from cityneuron.servers import (
+    BrokerSecurity,
+    MosquittoBroker,
+    PostgresServer,
+    broker_owner,
+    check_port_free,
+    find_mosquitto,
+)
 from cityneuron.settings import Settings
 from cityneuron.tls import CA_CERT, ensure_dev_pki, install_broker_tls
 
@@ -74,37 +82,49 @@ def city_device_ids(settings: Settings) -> Iterator[str]:
         yield from table.device_ids()
 
 
+def _fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
 def provision_local_broker(settings: Settings, *, workers: int | None = None) -> Provisioned:
     """Credentials for the city's devices and the services, the ACL and the TLS files.
 
     Hashing a password per device is the slow part, so the password file is rewritten only
-    when the city (preset, scale, seed) changed since the last run.
+    when the city (preset, scale, seed) changed since the last run. When the file changed since
+    it was written (a device added, or replaced by hand), the city devices missing from it are
+    put back and every other device in it is kept.
     """
     layout = Layout(settings.stack.home.resolve())
     owner = broker_owner()
     options = settings.simulator
     city = {"preset": options.preset, "scale": options.scale, "seed": options.seed}
     stamp = layout.broker_dir / _STAMP_FILE
+    passwd = layout.broker_dir / "passwd"
     users = (*SERVICE_USERS, CITY_GATEWAY)
-    current = (
-        stamp.exists()
-        and (layout.broker_dir / "passwd").exists()
-        and json.loads(stamp.read_text()).get("city") == city
+    last = json.loads(stamp.read_text()) if stamp.exists() else {}
+    same_city = (
+        last.get("city") == city
+        and passwd.exists()
+        and (layout.secrets_dir / DEVICE_KEY_FILE).exists()
         and all((layout.secrets_dir / f"{u}.password").exists() for u in users)
     )
-    if current:
-        provisioned = Provisioned(
-            layout.broker_dir, layout.secrets_dir, json.loads(stamp.read_text())["devices"], users
-        )
+    if same_city and last.get("passwd") == _fingerprint(passwd):
+        provisioned = Provisioned(layout.broker_dir, layout.secrets_dir, last["devices"], users)
     else:
+        if same_city:
+            log.info("%s changed since it was provisioned: putting back missing city devices", passwd)
         provisioned = provision(
             layout.broker_dir,
             layout.secrets_dir,
             city_device_ids(settings),
             broker_owner=owner,
             workers=workers or os.cpu_count() or 1,
+            mode="complete" if same_city else "replace",
         )
-        stamp.write_text(json.dumps({"city": city, "devices": provisioned.devices}) + "\n")
+        stamp.write_text(
+            json.dumps({"city": city, "devices": provisioned.devices, "passwd": _fingerprint(passwd)}) + "\n"
+        )
     pki = ensure_dev_pki(layout.pki_dir)
     install_broker_tls(pki, layout.broker_dir, owner=owner)
     shutil.copyfile(pki.ca_cert, layout.secrets_dir / CA_CERT)
@@ -215,8 +235,10 @@ def _start_broker(settings: Settings, stack: ExitStack) -> tuple[MosquittoBroker
 
 def _broker_banner(settings: Settings, broker: MosquittoBroker, provisioned: Provisioned | None) -> str:
     plain = f"  MQTT       mqtt://127.0.0.1:{settings.mqtt.port}  (topics city/#"
+    # docs/security.md: SIGHUP makes the broker re-read its password file and ACL.
+    pid = f"             broker pid {broker.pid}  (reload: cityneuron broker reload)\n"
     if provisioned is None or broker.security is None:
-        return plain + ", anonymous)\n"
+        return plain + ", anonymous)\n" + pid
     security = broker.security
     secrets_dir = provisioned.secrets_dir
     return (
@@ -225,6 +247,7 @@ def _broker_banner(settings: Settings, broker: MosquittoBroker, provisioned: Pro
         f"  client certificates: port {security.cert_port}\n"
         f"             ws://127.0.0.1:{security.websockets_port}  (dashboards: user {DASHBOARD_USER},"
         f" password in {provisioned.secret_file(DASHBOARD_USER)})\n"
+        f"{pid}"
     )
 
 
@@ -243,6 +266,8 @@ def run_stack(settings: Settings) -> int:
     home.mkdir(parents=True, exist_ok=True)
     # PostgreSQL and Mosquitto run as their own users when we are root: let them enter.
     home.chmod(0o711)
+    # Before anything starts: a Mosquitto older than 2.0.12 would lose acknowledged readings.
+    find_mosquitto(settings.stack.mosquitto_bin)
     check_port_free(settings.api.port, "the API")
     check_port_free(settings.ingest.http_port, "ingest metrics")
     stop_requested = False

@@ -39,10 +39,20 @@ SESSION_EXPIRY_S = 30 * 24 * 3600
 # reconnect in lockstep after a broker restart.
 _RECONNECT_JITTER_S = 1.0
 _PUT_POLL_S = 0.5
+# The share group every ingest used before one process subscribed plainly by default.
+_FORMER_SHARE_GROUP = "cityneuron-ingest"
 
 
 def telemetry_filter(share_group: str) -> str:
-    """Shared subscription: the broker spreads telemetry over every ingest process of the group."""
+    """A plain subscription (no group), or a shared one: the broker spreads telemetry over every
+    ingest process of the group.
+
+    Only the plain one survives a broker restart: Mosquitto 2.0 saves a persistent session's
+    subscriptions but not its shared ones (src/persist_write.c, persist__subs_save writes the
+    normal leaves only; checked against 2.0.21), so after a restart it acknowledges and drops the
+    readings that arrive before a grouped ingest has subscribed again."""
+    if not share_group:
+        return contract.subscription(contract.TELEMETRY)
     return f"$share/{share_group}/{contract.subscription(contract.TELEMETRY)}"
 
 
@@ -182,6 +192,10 @@ class MqttSource:
             self._ingest.client_id,
             flags.session_present,
         )
+        if flags.session_present and not self._ingest.share_group:
+            # A session from before the plain default may still hold the group subscription it
+            # had then: every reading would arrive twice. Harmless when there is none.
+            client.unsubscribe(telemetry_filter(_FORMER_SHARE_GROUP))
         client.subscribe(
             [
                 (telemetry_filter(self._ingest.share_group), SubscribeOptions(qos=1)),

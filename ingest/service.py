@@ -108,6 +108,13 @@ class IngestService:
             ingest.rules_file or "default",
             ingest.publish_alerts,
         )
+        if ingest.share_group:
+            log.warning(
+                "shared subscription (share_group=%s): Mosquitto does not keep it across a broker"
+                " restart, so readings arriving before ingest subscribes again are lost"
+                " (docs/architecture.md)",
+                ingest.share_group,
+            )
 
     def stop(self) -> None:
         """Stop receiving, commit and ack what was received, then disconnect (the session stays)."""

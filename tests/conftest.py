@@ -18,8 +18,23 @@ import pytest
 
 from cityneuron.errors import ConfigError
 from cityneuron.schema import init_schema
-from cityneuron.servers import MosquittoBroker, PostgresServer, find_postgres_bin_dir, free_port
+from cityneuron.servers import (
+    MosquittoBroker,
+    PostgresServer,
+    find_mosquitto,
+    find_postgres_bin_dir,
+    free_port,
+)
 from cityneuron.settings import DatabaseSettings, MqttSettings, Settings
+
+
+def pytest_report_header() -> str:
+    # The broker fixtures refuse a Mosquitto older than 2.0.12 (cityneuron.servers.find_mosquitto):
+    # say so once at the top instead of only in every broker test's error.
+    try:
+        return f"mosquitto: {find_mosquitto()}"
+    except ConfigError as exc:
+        return f"mosquitto: REFUSED, every broker test will fail: {exc}"
 
 
 def _scratch_dir(prefix: str) -> Path:

@@ -343,9 +343,11 @@ def test_two_processes_share_telemetry_and_both_apply_status(
         )
         for i in range(200)
     ]
+    # Scale-out is opt-in: a share group (the default is one process, plain subscription).
+    group = "cityneuron-ingest"
     with (
-        _running(_with_ingest(settings, client_id="ingest-a")) as first,
-        _running(_with_ingest(settings, client_id="ingest-b")) as second,
+        _running(_with_ingest(settings, client_id="ingest-a", share_group=group)) as first,
+        _running(_with_ingest(settings, client_id="ingest-b", share_group=group)) as second,
     ):
         _publish(broker, *readings, ("city/futian/smart_pole/pole-1/status", encode_status(True, now)))
         assert _await_count(settings, "SELECT count(*) FROM reading_smart_pole", 200) == 200

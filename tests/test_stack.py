@@ -178,6 +178,9 @@ def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[
         # The broker is the secure one: no anonymous clients; dashboards log in over WebSockets
         # with the password `up` provisioned.
         assert f"mqtts://<host>:{ports['tls']}" in banner
+        # The banner names the broker's pid, the one `cityneuron broker reload` signals.
+        pid_file = stack_home / "mosquitto" / "mosquitto.pid"
+        assert f"broker pid {pid_file.read_text().strip()}  (reload: cityneuron broker reload)" in banner
         refused = _mqtt_connack(ports["mqtt"], None)
         assert refused is not None and refused.is_failure
         dashboard_password = (stack_home / "secrets" / f"{DASHBOARD_USER}.password").read_text().strip()
