@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 
-from cityneuron.backoff import backoff_delay_s
+from cityneuron.backoff import backoff_delay_s, wait_unless_set
 from cityneuron.mqttclient import tls_context
 from cityneuron.settings import MqttSettings
 from simulator.errors import PublishError
@@ -85,7 +85,9 @@ class WireClient:
     ``on_dropped(n)``: n counted QoS 0 messages were lost with a broken connection;
     ``on_message``: a message on one of ``subscriptions`` (reader thread; QoS 1 ones are
     acknowledged after it returns); ``on_connection(up)``: the connection came up or went down.
-    Credentials default to the settings'; explicit ones win.
+    Credentials default to the settings'; explicit ones win. Once ``stop`` (the owner's "shut
+    down" event) is set, a lost connection is not dialed again: a broker that stopped first must
+    not hold up the shutdown of everything publishing to it.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class WireClient:
         on_dropped: Callback = _nothing,
         on_message: Callable[[InboundPublish], None] | None = None,
         on_connection: Callable[[bool], None] | None = None,
+        stop: threading.Event | None = None,
         batch_packets: int = BATCH_PACKETS,
         batch_bytes: int = BATCH_BYTES,
         flush_delay_s: float = FLUSH_DELAY_S,
@@ -135,6 +138,7 @@ class WireClient:
         self._ping_sent_at: float | None = None
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._stop = stop or threading.Event()
         self._threads: list[threading.Thread] = []
         self._reader_ident: int | None = None
 
@@ -302,7 +306,9 @@ class WireClient:
         """Back off and reconnect until it works or the client closes; the new socket."""
         limit = max(_RECONNECT_MIN_DELAY_S, self.settings.reconnect_max_delay_s)
         attempt = 0
-        while not self._closing.wait(backoff_delay_s(attempt, _RECONNECT_MIN_DELAY_S, limit)):
+        while not wait_unless_set(
+            backoff_delay_s(attempt, _RECONNECT_MIN_DELAY_S, limit), self._closing, self._stop
+        ):
             try:
                 sock, parser, pending = self._open()
             except PublishError as exc:
@@ -329,7 +335,9 @@ class WireClient:
             dropped = self._out_counted_qos0
             self._out, self._out_bytes, self._out_counted_qos0 = [], 0, 0
         _shut(sock)
-        if not self._closing.is_set():
+        if self._stop.is_set() and not self._closing.is_set():
+            log.warning("MQTT client %s lost its connection while stopping (%s)", self.client_id, why)
+        elif not self._closing.is_set():
             log.warning("MQTT client %s lost its connection (%s); reconnecting", self.client_id, why)
         if dropped:
             self._on_dropped(dropped)
@@ -394,6 +402,10 @@ class WireClient:
         poller = _poller(sock)
         while not self._closing.is_set():
             if sock is None or self._sock is not sock:
+                if self._stop.is_set():
+                    # Stopping: wait for close() instead of dialing.
+                    self._closing.wait(_TICK_S)
+                    continue
                 reconnected = self._reconnect()
                 sock, parser = reconnected if reconnected is not None else (None, parser)
                 poller = _poller(sock)
