@@ -445,7 +445,12 @@ class MosquittoBroker(_ServerProcess):
             check_port_free(port, "mosquitto")
         conf = self._write_config()
         self._process = subprocess.Popen(
-            [str(binary), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [str(binary), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Not in the caller's process group: a terminal's Ctrl-C would stop the broker at once,
+            # before the clients that are still saying goodbye; whoever started it stops it.
+            process_group=0,
         )
         try:
             for port in self.ports:
@@ -613,6 +618,8 @@ class PostgresServer(_ServerProcess):
             user=self._uid,
             group=self._gid,
             extra_groups=self._extra_groups,
+            # Like the broker: stopped by whoever started it, after its clients, not by Ctrl-C.
+            process_group=0,
         )
         log_handle.close()
         try:

@@ -217,6 +217,30 @@ class _Children:
                 process.wait()
 
 
+class _StopRequest:
+    """Ctrl-C (SIGINT), SIGTERM and a closed terminal (SIGHUP) stop the stack.
+
+    The broker and PostgreSQL run in their own process groups (cityneuron.servers), so a
+    terminal's Ctrl-C reaches only the stack and its services, and the stack stops the servers
+    after the clients. The first signal during start-up abandons it (KeyboardInterrupt: the
+    ExitStack stops what already runs); once up, it asks the main loop to stop. Later signals
+    only note the request, so an impatient second Ctrl-C cannot cut the stopping short and
+    leave the servers running.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.up = False
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        first = not self.requested
+        self.requested = True
+        if first and not self.up:
+            raise KeyboardInterrupt
+
+
 def _start_broker(settings: Settings, stack: ExitStack) -> tuple[MosquittoBroker, Provisioned | None]:
     home = settings.stack.home.resolve()
     data_dir = Layout(home).broker_data_dir
@@ -270,12 +294,7 @@ def run_stack(settings: Settings) -> int:
     find_mosquitto(settings.stack.mosquitto_bin)
     check_port_free(settings.api.port, "the API")
     check_port_free(settings.ingest.http_port, "ingest metrics")
-    stop_requested = False
-
-    def _request_stop(signum: int, _frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
+    stop = _StopRequest()
     with ExitStack() as stack:
         postgres = stack.enter_context(
             PostgresServer(
@@ -316,9 +335,8 @@ def run_stack(settings: Settings) -> int:
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
-        signal.signal(signal.SIGINT, _request_stop)
-        signal.signal(signal.SIGTERM, _request_stop)
-        while not stop_requested:
+        stop.up = True
+        while not stop.requested:
             dead = children.first_dead()
             if dead is not None:
                 log.error("%s exited with status %d: stopping the stack", *dead)

@@ -9,7 +9,9 @@ the same load twice stores nothing new. Values are the models' values rounded as
 applies them (simulator.effects: the same weather, outages and fault episodes, logged to the
 same fault log); faults that only exist on the wire (``WIRE_ONLY_FAULTS``: clock errors,
 duplicates, late or shuffled delivery, malformed payloads) are left out: a database stores a
-reading once, at its true time.
+reading once, at its true time. What the ingest would refuse (a spike outside the catalog
+range, a firmware's unknown metric) is refused here too, by the ingest's own decoder, and
+dead-lettered the same way (simulator.directcheck).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from psycopg import sql
 from cityneuron.catalog import DISTRICTS, Kind
 from cityneuron.contract import ms_to_datetime
 from cityneuron.schema import SchemaError, init_schema
-from cityneuron.settings import DatabaseSettings, Settings
+from cityneuron.settings import DatabaseSettings, IngestSettings, Settings
+from ingest.decode import DeadLetter
 from simulator.city import ID_PREFIX, City, DeviceTable, build_city
+from simulator.directcheck import screen
 from simulator.drivers import Drivers
 from simulator.effects import Effects, load_effects_spec
 from simulator.errors import SimulatorError
@@ -69,6 +73,8 @@ class DirectSummary:
     reports: int
     readings: int
     stored: int
+    # Dead letters written for what the ingest would have refused (simulator.directcheck).
+    refused: int
     elapsed_s: float
 
     def as_dict(self) -> dict[str, int | float]:
@@ -171,6 +177,20 @@ class _Statements:
     last_seen: sql.Composed
 
 
+# Dead letters are staged and inserted unless already there (same arrival, device, reason and
+# detail): loading the same range twice writes none twice, as it stores no reading twice.
+_DEAD_LETTER_STAGE = sql.SQL(
+    "CREATE TEMP TABLE IF NOT EXISTS _direct_dead_letter (received_at timestamptz, topic text,"
+    " device_id text, reason text, detail text, payload bytea) ON COMMIT DELETE ROWS"
+)
+_DEAD_LETTER_INSERT = sql.SQL(
+    "INSERT INTO dead_letter (received_at, topic, device_id, reason, detail, payload)"
+    " SELECT s.received_at, s.topic, s.device_id, s.reason, s.detail, s.payload FROM _direct_dead_letter s"
+    " WHERE NOT EXISTS (SELECT 1 FROM dead_letter d WHERE d.reason = s.reason"
+    " AND d.received_at = s.received_at AND d.device_id = s.device_id AND d.detail = s.detail)"
+)
+
+
 def _statements(kind: Kind, table: DeviceTable) -> _Statements:
     stage = sql.Identifier(f"_direct_{kind.name}")
     metrics = [sql.Identifier(m.name) for m in kind.metrics]
@@ -227,6 +247,7 @@ class _Chunk:
     reports: int
     until_ms: int
     recent_ms: int  # every device's newest reading of the chunk is at or after this
+    dead_letters: list[DeadLetter]
 
 
 def _window_ms(schedule: KindSchedule) -> int:
@@ -235,7 +256,12 @@ def _window_ms(schedule: KindSchedule) -> int:
 
 
 def _chunks(
-    model: KindModel, schedule: KindSchedule, from_ms: int, to_ms: int, effects: Effects
+    model: KindModel,
+    schedule: KindSchedule,
+    from_ms: int,
+    to_ms: int,
+    effects: Effects,
+    ingest: IngestSettings,
 ) -> Iterator[_Chunk]:
     """Every stored report with a slot in [from_ms, to_ms), a window at a time, as staged readings."""
     kind = model.kind.name
@@ -249,6 +275,7 @@ def _chunks(
             reports, slots = reports[kept], slots[kept]
         if not len(reports):
             continue
+        width = 1
         if schedule.frozen_readings:
             frozen = schedule.frozen_times(slots)
             width = frozen.shape[1]
@@ -266,10 +293,17 @@ def _chunks(
             m.name: np.round(values[m.name], model.decimals.get(m.name, _DEFAULT_DECIMALS))
             for m in model.kind.metrics
         }
-        # A device that lost reports (outage, dropout) may have its newest reading anywhere.
-        newest_from = after + 1 if len(reports) < len(due) else max(after + 1, until - schedule.interval_ms)
+        screened = screen(model, ingest, rows, times, received, seq, values, rounded, width)
+        refused_whole = not screened.keep.all()
+        if refused_whole:
+            keep = screened.keep
+            rows, times, received, seq = rows[keep], times[keep], received[keep], seq[keep]
+            rounded = {name: column[keep] for name, column in rounded.items()}
+        # A device that lost reports (outage, dropout, refused) may have its newest reading anywhere.
+        lost = len(reports) < len(due) or refused_whole
+        newest_from = after + 1 if lost else max(after + 1, until - schedule.interval_ms)
         recent = newest_from - schedule.frozen_readings * FROZEN_STEP_MS
-        yield _Chunk(rows, times, received, seq, rounded, len(reports), until, recent)
+        yield _Chunk(rows, times, received, seq, rounded, len(reports), until, recent, screened.dead_letters)
 
 
 def _stage_stream(table: DeviceTable, chunk: _Chunk) -> bytes:
@@ -282,6 +316,26 @@ def _stage_stream(table: DeviceTable, chunk: _Chunk) -> bytes:
     ]
     columns += [(">f8", chunk.values[m.name]) for m in table.kind.metrics]
     return _copy_stream(columns)
+
+
+def _write_dead_letters(cur: psycopg.Cursor[Any], letters: list[DeadLetter]) -> int:
+    """Dead letters of one chunk, skipping those a previous load of the range wrote."""
+    if not letters:
+        return 0
+    with cur.copy("COPY _direct_dead_letter FROM STDIN") as copy:
+        for letter in letters:
+            copy.write_row(
+                (
+                    ms_to_datetime(round(letter.received_at * 1000)),
+                    letter.topic,
+                    letter.device_id,
+                    letter.reason,
+                    letter.detail,
+                    letter.payload,
+                )
+            )
+    cur.execute(_DEAD_LETTER_INSERT)
+    return max(cur.rowcount, 0)
 
 
 def _connect(db: DatabaseSettings) -> psycopg.Connection:
@@ -326,22 +380,25 @@ def backfill_direct(
             log.info("direct backfill: wire-only faults not stored: %s", ", ".join(skipped))
     effects.log_events(from_ms - 1, to_ms - 1)
     progress = ProgressReporter(city.devices, json_lines=json_progress)
-    reports = readings = stored = registered = 0
+    reports = readings = stored = registered = refused = 0
     try:
         with _connect(settings.database) as conn:
             if registry:
                 registered = _load_registry(conn, city, to_ms)
             params = {"slugs": _slugs()}
+            conn.execute(_DEAD_LETTER_STAGE)
             for name, table in city.tables.items():
                 statements = _statements(table.kind, table)
                 conn.execute(statements.create_stage)
-                for chunk in _chunks(models[name], schedules[name], from_ms, to_ms, effects):
+                chunks = _chunks(models[name], schedules[name], from_ms, to_ms, effects, settings.ingest)
+                for chunk in chunks:
                     stream = _stage_stream(table, chunk)
                     with conn.transaction(), conn.cursor() as cur:
                         with cur.copy(statements.copy) as copy:
                             copy.write(stream)
                         cur.execute(statements.insert, params)
                         stored += max(cur.rowcount, 0)
+                        refused += _write_dead_letters(cur, chunk.dead_letters)
                         recent = {**params, "recent": ms_to_datetime(chunk.recent_ms)}
                         cur.execute(statements.latest, recent)
                         cur.execute(statements.last_seen, recent)
@@ -360,7 +417,10 @@ def backfill_direct(
         reports=reports,
         readings=readings,
         stored=stored,
+        refused=refused,
         elapsed_s=round(time.monotonic() - started, 3),
     )
+    if refused:
+        log.warning("direct backfill: %d dead letter(s) for readings the ingest would refuse", refused)
     log.info("direct backfill finished: %s", summary)
     return summary

@@ -233,11 +233,18 @@ class DeviceFleet:
             )
         log.info("connected %d device connection(s)", connected)
 
+    def _acknowledgeable(self) -> bool:
+        """Whether a connected device still waits for acknowledgements: while stopping, nothing
+        is dialed again (simulator.fleetio), so the others' messages never will be."""
+        return any(c.in_flight and c.state is LinkState.CONNECTED for c in self.devices)
+
     def _close(self, *, goodbye: bool, timeout_s: float) -> None:
         io = self._io
         deadline = time.monotonic() + timeout_s
         with io.cond:
             while io.sent > io.acked + io.failed and time.monotonic() < deadline:
+                if self._stop.is_set() and not self._acknowledgeable():
+                    break
                 io.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
             self.unacked = max(0, io.sent - io.acked - io.failed)
         if self.unacked:

@@ -296,7 +296,8 @@ class FleetIO:
         rate = self._connect_rate_per_s
         self._tokens = min(max(1.0, rate / 10.0), self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
-        while self._dial_queue and self._tokens >= 1.0 and not self._closing:
+        # Stopping: no dialing, a broker that stopped first must not hold up the shutdown.
+        while self._dial_queue and self._tokens >= 1.0 and not self._closing and not self._stop.is_set():
             conn = self._dial_queue.popleft()
             if conn.state is not LinkState.IDLE or conn.hold_until > now:
                 continue

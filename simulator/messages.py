@@ -126,3 +126,20 @@ def render_telemetry(
 def telemetry_messages(model: KindModel, schedule: KindSchedule, due: Due) -> Iterator[Message]:
     """Telemetry for the reports in ``due``: one reading each, or a block of frozen readings."""
     yield from render_telemetry(model, schedule, due.rows, due.slot_ms)
+
+
+def telemetry_topic(table: DeviceTable, row: int) -> str:
+    """The telemetry topic of device ``row``."""
+    return _topic(table, row, TELEMETRY)
+
+
+def wire_columns(
+    model: KindModel, values: dict[str, np.ndarray]
+) -> list[tuple[str, list[float | int | None]]]:
+    """Metric columns exactly as they go on the wire (see ``_columns``)."""
+    return _columns(model, values)
+
+
+def wire_metrics(columns: list[tuple[str, list[float | int | None]]], count: int) -> list[dict[str, float]]:
+    """The ``m`` object of each of ``count`` readings, as on the wire."""
+    return [_metrics(columns, i) for i in range(count)]

@@ -1,7 +1,8 @@
 """MQTT 3.1.1 packets for publishers: pure encoders, decoders and an incremental parser.
 
 Only what a publishing client needs (OASIS MQTT 3.1.1, 2014): CONNECT/CONNACK, PUBLISH at
-QoS 0 and 1, PUBACK, SUBSCRIBE/SUBACK, PINGREQ/PINGRESP and DISCONNECT. Socket handling lives
+QoS 0 and 1, PUBACK, SUBSCRIBE/SUBACK, PINGREQ/PINGRESP and DISCONNECT, and the receiving side
+of QoS 2 (PUBREC, PUBREL, PUBCOMP) for a broker that sends it although we never ask for it. Socket handling lives
 in ``simulator.wireclient``; nothing here does I/O, so every function can be tested alone.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from simulator.errors import PublishError
 
 # Control packet types (section 2.2.1), as the high nibble of the fixed header's first byte.
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 8, 9
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 5, 6, 7, 8, 9
 PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
 # The remaining length is at most four bytes of 7 bits (section 2.2.3).
 MAX_REMAINING_LENGTH = 268_435_455
@@ -36,6 +37,11 @@ _DISCONNECT = b"\xe0\x00"
 # Fixed-header flags of the packets that have mandatory ones (section 2.2.2).
 _SUBSCRIBE_HEADER = 0x82
 _PUBACK_HEADER = 0x40
+_PUBREC_HEADER = 0x50
+_PUBCOMP_HEADER = 0x70
+# The highest QoS this client subscribes with: it publishes at most QoS 1 and acknowledges
+# QoS 1 deliveries with PUBACK, so it asks for nothing more.
+MAX_SUBSCRIBE_QOS = 1
 
 
 class MalformedPacket(PublishError):
@@ -159,10 +165,23 @@ def encode_puback(packet_id: int) -> bytes:
     return bytes((_PUBACK_HEADER, 2)) + _U16.pack(packet_id)
 
 
+def encode_pubrec(packet_id: int) -> bytes:
+    """PUBREC (section 3.5): the first answer to a QoS 2 PUBLISH."""
+    return bytes((_PUBREC_HEADER, 2)) + _U16.pack(packet_id)
+
+
+def encode_pubcomp(packet_id: int) -> bytes:
+    """PUBCOMP (section 3.7): the answer to PUBREL, ending a QoS 2 delivery."""
+    return bytes((_PUBCOMP_HEADER, 2)) + _U16.pack(packet_id)
+
+
 def encode_subscribe(packet_id: int, topics: list[tuple[str, int]]) -> bytes:
-    """SUBSCRIBE (section 3.8) for ``(filter, maximum QoS)`` pairs."""
+    """SUBSCRIBE (section 3.8) for ``(filter, maximum QoS)`` pairs, QoS at most ``MAX_SUBSCRIBE_QOS``."""
     if not topics:
         raise ValueError("SUBSCRIBE needs at least one topic filter")
+    for topic, qos in topics:
+        if qos not in range(MAX_SUBSCRIBE_QOS + 1):
+            raise ValueError(f"subscription to {topic!r} at QoS {qos}: this client subscribes at QoS 0 or 1")
     body = _U16.pack(packet_id) + b"".join(_string(topic) + bytes((qos,)) for topic, qos in topics)
     return bytes((_SUBSCRIBE_HEADER,)) + remaining_length(len(body)) + body
 
@@ -192,10 +211,10 @@ def check_connack(body: bytes) -> bool:
     return session_present
 
 
-def decode_packet_id(body: bytes) -> int:
-    """The packet id of a PUBACK (section 3.4)."""
+def decode_packet_id(body: bytes, what: str = "PUBACK") -> int:
+    """The packet id of a PUBACK (section 3.4), or of a PUBREL (section 3.6)."""
     if len(body) != 2:
-        raise MalformedPacket(f"PUBACK with {len(body)} bytes instead of 2")
+        raise MalformedPacket(f"{what} with {len(body)} bytes instead of 2")
     return int(_U16.unpack(body)[0])
 
 

@@ -110,6 +110,7 @@ class Gateway:
             on_dropped=self._on_dropped,
             on_message=self._on_message if commands is not None else None,
             on_connection=self._on_connection,
+            stop=self._stop,
         )
 
     # --- client callbacks (reader, flusher or publishing thread) ----------------------------
@@ -176,13 +177,15 @@ class Gateway:
     def drain(self, deadline: float) -> int:
         """Wait until everything sent is acknowledged or ``deadline`` (monotonic) passes.
 
-        Returns how many messages are still unacknowledged.
+        While stopping, a lost connection is not dialed again (simulator.wireclient), so nothing
+        more can be acknowledged: stop waiting then. Returns how many messages are still
+        unacknowledged.
         """
         self._client.flush()
         with self._cond:
             while self.sent > self.acked:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (self._stop.is_set() and not self._client.connected):
                     break
                 self._cond.wait(min(left, 0.5))
             return max(0, self.sent - self.acked)

@@ -10,10 +10,14 @@ PINGRESP), sends PINGREQ when nothing went out for half the keepalive, and recon
 exponential back-off and jitter.
 
 Delivery: QoS 1 messages stay in memory until acknowledged; after a reconnect (always a clean
-session) the unacknowledged ones are sent again with the DUP flag, so QoS 1 is at-least-once
-across broken connections. QoS 0 messages published while disconnected are refused
+session) the unacknowledged ones are sent again, so QoS 1 is at-least-once across broken
+connections. DUP is set only on those that were written to a connection before (a re-delivery,
+MQTT 3.1.1 section 3.3.1.1); one published while disconnected goes out the first time without it. QoS 0 messages published while disconnected are refused
 (``publish`` returns False), and those still in the output buffer when the connection breaks
 are reported through ``on_dropped``.
+
+Subscriptions ask for QoS 0 or 1 (more is refused); a QoS 2 message a broker sends anyway gets
+the QoS 2 answers (PUBREC, then PUBCOMP on PUBREL) and is handed on once.
 
 Thread safety: one publishing thread plus the reader thread (which runs ``on_message`` and may
 publish from it); the flusher only writes.
@@ -30,16 +34,18 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 
-from cityneuron.backoff import backoff_delay_s
+from cityneuron.backoff import backoff_delay_s, wait_unless_set
 from cityneuron.mqttclient import tls_context
 from cityneuron.settings import MqttSettings
 from simulator.errors import PublishError
 from simulator.mqttwire import (
     CONNACK,
     MAX_PACKET_ID,
+    MAX_SUBSCRIBE_QOS,
     PINGRESP,
     PUBACK,
     PUBLISH,
+    PUBREL,
     SUBACK,
     SUBACK_FAILURE,
     ConnectRefused,
@@ -54,7 +60,9 @@ from simulator.mqttwire import (
     encode_disconnect,
     encode_pingreq,
     encode_puback,
+    encode_pubcomp,
     encode_publish,
+    encode_pubrec,
     encode_subscribe,
     with_dup,
 )
@@ -85,7 +93,9 @@ class WireClient:
     ``on_dropped(n)``: n counted QoS 0 messages were lost with a broken connection;
     ``on_message``: a message on one of ``subscriptions`` (reader thread; QoS 1 ones are
     acknowledged after it returns); ``on_connection(up)``: the connection came up or went down.
-    Credentials default to the settings'; explicit ones win.
+    Credentials default to the settings'; explicit ones win. Once ``stop`` (the owner's "shut
+    down" event) is set, a lost connection is not dialed again: a broker that stopped first must
+    not hold up the shutdown of everything publishing to it.
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class WireClient:
         on_dropped: Callback = _nothing,
         on_message: Callable[[InboundPublish], None] | None = None,
         on_connection: Callable[[bool], None] | None = None,
+        stop: threading.Event | None = None,
         batch_packets: int = BATCH_PACKETS,
         batch_bytes: int = BATCH_BYTES,
         flush_delay_s: float = FLUSH_DELAY_S,
@@ -110,6 +121,12 @@ class WireClient:
         self._username = username if username is not None else settings.username
         self._password = password if username is not None else settings.password
         self._will = will
+        for topic, qos in subscriptions:
+            if qos not in range(MAX_SUBSCRIBE_QOS + 1):
+                raise ValueError(
+                    f"MQTT client {client_id}: subscription to {topic!r} at QoS {qos}: this client"
+                    " acknowledges QoS 0 and 1 only; subscribe at QoS 0 or 1"
+                )
         self._subscriptions = list(subscriptions)
         self._on_delivered = on_delivered
         self._on_dropped = on_dropped
@@ -128,13 +145,20 @@ class WireClient:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._out_counted_qos0 = 0
+        # Packet ids of the QoS 1 messages in _out, and of those ever handed to a socket (DUP
+        # on a resend).
+        self._out_ids: list[int] = []
+        self._written: set[int] = set()
         self._inflight: dict[int, bytes] = {}
+        # QoS 2 messages received and answered with PUBREC, until their PUBREL.
+        self._qos2_received: set[int] = set()
         self._uncounted: set[int] = set()
         self._last_id = 0
         self._last_sent = time.monotonic()
         self._ping_sent_at: float | None = None
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._stop = stop or threading.Event()
         self._threads: list[threading.Thread] = []
         self._reader_ident: int | None = None
 
@@ -181,6 +205,7 @@ class WireClient:
                     self._uncounted.add(packet_id)
                 if self._sock is None:
                     return True  # sent after the reconnect
+                self._out_ids.append(packet_id)
             else:
                 if self._sock is None:
                     return False
@@ -285,9 +310,15 @@ class WireClient:
         """Make ``sock`` the connection and send every unacknowledged QoS 1 message again."""
         with self._lock:
             self._sock = sock
-            self._out = [with_dup(packet) for packet in self._inflight.values()]
+            written = self._written
+            self._out = [
+                with_dup(packet) if packet_id in written else packet
+                for packet_id, packet in self._inflight.items()
+            ]
+            self._out_ids = list(self._inflight)
             self._out_bytes = sum(map(len, self._out))
             self._out_counted_qos0 = 0
+            self._qos2_received.clear()  # a clean session: the broker forgot them too
             self._ping_sent_at = None
             self._last_sent = time.monotonic()
         if self._out:
@@ -302,7 +333,9 @@ class WireClient:
         """Back off and reconnect until it works or the client closes; the new socket."""
         limit = max(_RECONNECT_MIN_DELAY_S, self.settings.reconnect_max_delay_s)
         attempt = 0
-        while not self._closing.wait(backoff_delay_s(attempt, _RECONNECT_MIN_DELAY_S, limit)):
+        while not wait_unless_set(
+            backoff_delay_s(attempt, _RECONNECT_MIN_DELAY_S, limit), self._closing, self._stop
+        ):
             try:
                 sock, parser, pending = self._open()
             except PublishError as exc:
@@ -328,8 +361,11 @@ class WireClient:
             self._sock = None
             dropped = self._out_counted_qos0
             self._out, self._out_bytes, self._out_counted_qos0 = [], 0, 0
+            self._out_ids = []
         _shut(sock)
-        if not self._closing.is_set():
+        if self._stop.is_set() and not self._closing.is_set():
+            log.warning("MQTT client %s lost its connection while stopping (%s)", self.client_id, why)
+        elif not self._closing.is_set():
             log.warning("MQTT client %s lost its connection (%s); reconnecting", self.client_id, why)
         if dropped:
             self._on_dropped(dropped)
@@ -356,6 +392,10 @@ class WireClient:
                     return
                 sock, chunk, counted = self._sock, self._out, self._out_counted_qos0
                 self._out, self._out_bytes, self._out_counted_qos0 = [], 0, 0
+                # Handed to the socket from now on: a resend of any of them is a re-delivery,
+                # even if this write fails half-way.
+                self._written.update(self._out_ids)
+                self._out_ids = []
             try:
                 with self._tls_lock:
                     sock.sendall(b"".join(chunk))
@@ -394,6 +434,10 @@ class WireClient:
         poller = _poller(sock)
         while not self._closing.is_set():
             if sock is None or self._sock is not sock:
+                if self._stop.is_set():
+                    # Stopping: wait for close() instead of dialing.
+                    self._closing.wait(_TICK_S)
+                    continue
                 reconnected = self._reconnect()
                 sock, parser = reconnected if reconnected is not None else (None, parser)
                 poller = _poller(sock)
@@ -432,6 +476,10 @@ class WireClient:
                 acked.append(decode_packet_id(body))
             elif kind == PUBLISH:
                 self._deliver(decode_publish(first, body))
+            elif kind == PUBREL:
+                packet_id = decode_packet_id(body, "PUBREL")
+                self._qos2_received.discard(packet_id)
+                self._queue_control(encode_pubcomp(packet_id))
             elif kind == PINGRESP:
                 self._ping_sent_at = None
             elif kind == SUBACK:
@@ -445,6 +493,7 @@ class WireClient:
             counted = 0
             for packet_id in acked:
                 if pop(packet_id, None) is not None:
+                    self._written.discard(packet_id)
                     if uncounted and packet_id in uncounted:
                         uncounted.discard(packet_id)
                     else:
@@ -453,6 +502,27 @@ class WireClient:
             self._on_delivered(counted)
 
     def _deliver(self, message: InboundPublish) -> None:
+        if message.qos < 2:
+            self._hand_on(message)
+            if message.qos:
+                self._queue_control(encode_puback(message.packet_id))
+            return
+        # QoS 2 although no subscription asked for it: answer PUBREC (a PUBACK would break the
+        # broker's QoS 2 flow) and hand the message on once, not again when the broker repeats
+        # it before its PUBREL (MQTT 3.1.1 section 4.3.3, method B).
+        if message.packet_id not in self._qos2_received:
+            log.warning(
+                "MQTT client %s: the broker sent a QoS 2 message on %s although every subscription"
+                " asked for QoS %d at most",
+                self.client_id,
+                message.topic,
+                MAX_SUBSCRIBE_QOS,
+            )
+            self._qos2_received.add(message.packet_id)
+            self._hand_on(message)
+        self._queue_control(encode_pubrec(message.packet_id))
+
+    def _hand_on(self, message: InboundPublish) -> None:
         if self._on_message is not None:
             try:
                 self._on_message(message)
@@ -460,8 +530,6 @@ class WireClient:
                 log.exception(
                     "MQTT client %s: handling a message on %s failed", self.client_id, message.topic
                 )
-        if message.qos:
-            self._queue_control(encode_puback(message.packet_id))
 
     def _keepalive(self, sock: socket.socket) -> None:
         """PINGREQ after half a keepalive without sending; a missing PINGRESP means a dead link."""

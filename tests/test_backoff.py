@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from cityneuron.backoff import backoff_delay_s
+import threading
+import time
+
+from cityneuron.backoff import backoff_delay_s, wait_unless_set
 
 
 def test_delay_doubles_within_equal_jitter_and_stops_at_the_cap() -> None:
@@ -11,3 +14,15 @@ def test_delay_doubles_within_equal_jitter_and_stops_at_the_cap() -> None:
         assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
         # Jittered: retries that failed together spread out.
         assert len(set(delays)) > 100
+
+
+def test_wait_unless_set_wakes_on_any_event() -> None:
+    closing, stop = threading.Event(), threading.Event()
+    started = time.monotonic()
+    assert wait_unless_set(0.2, closing, stop) is False
+    assert time.monotonic() - started >= 0.2
+    # The owner's stop event ends a long back-off at once, not only the client's own.
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    assert wait_unless_set(30.0, closing, stop) is True
+    assert time.monotonic() - started < 2.0

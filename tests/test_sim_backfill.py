@@ -171,7 +171,7 @@ def test_cli_direct_registry_and_backfill(
     assert main(["--log-level", "WARNING", *argv, *common]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out)
-    assert set(summary) == {"devices", "registered", "reports", "readings", "stored", "elapsed_s"}
+    assert set(summary) == {"devices", "registered", "reports", "readings", "stored", "refused", "elapsed_s"}
     assert summary["registered"] == 0 and summary["stored"] == summary["readings"] > 0
     # Progress went to stderr as JSON lines, never to stdout.
     for line in err.splitlines():
@@ -294,13 +294,24 @@ def test_direct_backfill_applies_the_scenario_and_the_faults(
     row_of = {poles.device_id(r): r for r in range(len(poles))}
     stuck_seen: set[str] = set()
     spiked: set[str] = set()
+    # A spike beyond the catalog range is refused as the ingest refuses it (dead-lettered).
+    with psycopg.connect(url) as conn:
+        refused = {
+            (device, int(detail.split()[1].rstrip(":")))
+            for device, detail in conn.execute(
+                "SELECT device_id, detail FROM dead_letter WHERE reason = 'out_of_range'"
+            )
+        }
     for device, readings in stored.items():
         times = [t for t, _ in readings]
         truth = _truth(model, row_of[device], times)
         for i, (t, metrics) in enumerate(readings):
             for name, value in metrics.items():
                 true = float(truth[name][i])
-                if value is None:
+                if value is None and name == "temperature_c" and (device, t) in refused:
+                    assert inside(device, "spikes", t) is not None, (device, t)
+                    spiked.add(device)
+                elif value is None:
                     assert np.isnan(true), (device, name)
                 elif name == "noise_dba" and (stuck := inside(device, "stuck_at", t)) is not None:
                     assert value == pytest.approx(stuck["params"]["value"], abs=0.051)

@@ -5,6 +5,7 @@ The stack's broker is the secure one: every child connects with its own credenti
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -223,3 +224,52 @@ def test_up_missing_binary_says_what_to_do(stack_home: Path, process_env: dict[s
     assert result.returncode == 1
     assert "mosquitto not found at /nonexistent/mosquitto" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_up_ctrl_c_stops_everything_within_seconds(stack_home: Path, process_env: dict[str, str]) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group at once: the stack, its
+    services, the broker and PostgreSQL. The simulator must not keep dialing a broker that is
+    gone (it did, for 15 s, until the stack killed it)."""
+    ports = _ports()
+    process = subprocess.Popen(
+        _up_command(stack_home, ports, "--speed", "60"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(process_env, ports),
+        # Its own process group, so the test can do what the terminal does.
+        start_new_session=True,
+    )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Press Ctrl-C to stop" in line:
+                break
+        assert process.poll() is None, "".join(output)
+        # Let the simulator get going (connected, publishing) before the Ctrl-C.
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=5) as client:
+            _wait_for(
+                lambda: client.get("/devices", params={"kind": "smart_pole"}).json()["items"],
+                60,
+                "registered poles",
+            )
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        elapsed_s = time.monotonic() - started
+        output.append(rest or "")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = "".join(output)
+    assert process.returncode == 0, text
+    assert "killing it" not in text, text
+    # The broker outlived its clients: the simulator finished without losing its connection.
+    assert "simulator finished" in text and "lost its connection" not in text, text[-3000:]
+    assert elapsed_s < 8.0, f"Ctrl-C took {elapsed_s:.1f} s:\n{text[-3000:]}"
+    for name, port in ports.items():
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pytest.fail(f"{name} still listens on {port}")

@@ -116,5 +116,8 @@ class AirStationModel(KindModel):
             "wind_speed_ms": np.clip(wind * self._between("wind.site", rows, 0.7, 1.2), 0.0, 75.0),
             "wind_dir_deg": np.mod(dr.wind_dir_deg(d, t_ms) + 10.0 * self._normal("wd", rows, t_ms), 360.0),
             "pressure_hpa": dr.pressure_hpa(d, t_ms) + 0.2 * self._normal("p", rows, t_ms),
-            "rain_mm": np.clip(dr.rain_mm(d, t_ms - _HOUR_MS, t_ms), 0.0, 300.0),
+            # Its rain gauge is a tipping bucket too: drizzle adds up to tips over the hours.
+            "rain_mm": np.clip(
+                self._rain_gauge_mm(rows, t_ms - _HOUR_MS, t_ms, np.ones(len(rows))), 0.0, 300.0
+            ),
         }

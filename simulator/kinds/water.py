@@ -91,8 +91,8 @@ class HydrologyStationModel(KindModel):
         d = self._district(rows)
         dr = self.drivers
         interval_ms = self.kind.interval_s * 1000
-        # A tipping-bucket gauge counts 0.1 mm tips; the rounding on the wire does the same.
-        rain = dr.rain_mm(d, t_ms - interval_ms, t_ms) * self._between("gauge", rows, 0.9, 1.1)
+        # A tipping-bucket gauge catching 90-110 % of the rain (siting, wind).
+        rain = self._rain_gauge_mm(rows, t_ms - interval_ms, t_ms, self._between("gauge", rows, 0.9, 1.1))
 
         wet_season = 0.5 + 0.5 * np.cos(2.0 * np.pi * (clock.day_of_year(t_ms) - 215.0) / 365.2425)
         stage = (
