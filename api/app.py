@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api.auth import install_security
 from api.db import build_pool, pooled_connection
+from api.docs_ui import install_docs
 from api.errors import ApiError, install_error_handlers
 from api.live.acks import AckRecorder
 from api.live.broker import BrokerLink
@@ -83,6 +84,9 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=_DESCRIPTION,
         lifespan=_lifespan(settings),
+        # /docs is served from the package (api/docs_ui.py); ReDoc would need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     # API keys, rate limits, body size limit and the CORS allow-list (see api/auth.py).
@@ -91,4 +95,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_metrics(app)
     for module in (health, devices, readings, aggregates, city, overview, admin, alerts, commands, streams):
         app.include_router(module.router)
+    install_docs(app)
     return app
