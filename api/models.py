@@ -31,7 +31,7 @@ class ErrorBody(BaseModel):
 
 
 _DEVICE_EXAMPLE: dict[str, Any] = {
-    "device_id": "aq-futian-001",
+    "device_id": "air-futian-00001",
     "kind": "air_station",
     "district": "futian",
     "lat": 22.541,
@@ -116,7 +116,7 @@ class LatestReading(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "device_id": "aq-futian-001",
+                    "device_id": "air-futian-00001",
                     "kind": "air_station",
                     "time": _T0,
                     "received_at": "2026-03-01T08:00:01.250000Z",
@@ -149,7 +149,7 @@ class LatestPage(BaseModel):
                     "devices": 120,
                     "items": [
                         {
-                            "device_id": "pole-futian-001",
+                            "device_id": "pole-futian-00001",
                             "kind": "smart_pole",
                             "time": _T0,
                             "received_at": "2026-03-01T08:00:00.400000Z",
@@ -186,7 +186,7 @@ class ReadingPage(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "device_id": "aq-futian-001",
+                    "device_id": "air-futian-00001",
                     "kind": "air_station",
                     "from": "2026-03-01T00:00:00Z",
                     "to": "2026-03-02T00:00:00Z",

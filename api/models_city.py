@@ -109,7 +109,7 @@ class StationAqiResponse(AqiHeader):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {**_AQI_HEADER, "items": [{**_AQI_ITEM, "device_id": "aq-futian-001", "district": "futian"}]}
+                {**_AQI_HEADER, "items": [{**_AQI_ITEM, "device_id": "air-futian-00001", "district": "futian"}]}
             ]
         }
     )
@@ -159,7 +159,7 @@ class StationWaterQuality(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "device_id": "wq-baoan-001",
+                    "device_id": "wq-baoan-00001",
                     "district": "baoan",
                     "water_body": "river",
                     "analysis_time": _T0,

@@ -138,7 +138,7 @@ _SSE_DOC = (
             "content": {
                 "text/event-stream": {
                     "schema": {"type": "string"},
-                    "example": 'event: reading\ndata: {"type":"reading","device_id":"pole-futian-0001",'
+                    "example": 'event: reading\ndata: {"type":"reading","device_id":"pole-futian-00001",'
                     '"kind":"smart_pole","district":"futian","time":"2026-03-01T08:00:00Z","seq":7,'
                     '"metrics":{"pm25":{"value":18.0,"unit":"ug/m3"}}}\n\n',
                 }
