@@ -109,7 +109,10 @@ class StationAqiResponse(AqiHeader):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {**_AQI_HEADER, "items": [{**_AQI_ITEM, "device_id": "air-futian-00001", "district": "futian"}]}
+                {
+                    **_AQI_HEADER,
+                    "items": [{**_AQI_ITEM, "device_id": "air-futian-00001", "district": "futian"}],
+                }
             ]
         }
     )
