@@ -39,6 +39,8 @@ _DESCRIPTION = """Devices, readings and aggregates of the CityNeuron sensor netw
 
 Times are RFC 3339 with a time zone in responses; `from`/`to` accept RFC 3339 or epoch milliseconds
 and form the half-open window [from, to). Errors are `{"error": {"code": ..., "message": ...}}`.
+Live data: `GET /stream` (Server-Sent Events) and the WebSocket `/ws`, described under the
+streams tag.
 """
 
 
@@ -84,6 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=_DESCRIPTION,
         lifespan=_lifespan(settings),
+        # WebSocket routes have no OpenAPI path: /ws is described with its tag.
+        openapi_tags=[streams.OPENAPI_TAG],
         # /docs is served from the package (api/docs_ui.py); ReDoc would need a CDN.
         docs_url=None,
         redoc_url=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +123,25 @@ def test_examples_name_real_devices_and_rules(client: TestClient) -> None:
         rule.opens(alert["value"])
         and alert["detail"] == f"{rule.metric} {alert['value']:g} {rule.direction} {rule.open_at:g}"
     )
+
+
+def test_websocket_protocol_is_documented(client: TestClient) -> None:
+    from api.routers import streams
+
+    document = client.get("/openapi.json").json()
+    tags = {t["name"]: t.get("description", "") for t in document.get("tags", [])}
+    described = tags.get("streams", "")
+    assert "/ws" in described and "/ws" in document["info"]["description"]
+    # Every message type the route sends or accepts is in the table / the client section.
+    source = Path(streams.__file__).read_text().replace(streams.WS_PROTOCOL, "")
+    sent = set(re.findall(r'"type": "(\w+)"', source))
+    sent = (sent - {"string"}) | {"reading", "alert"}  # "string": the SSE schema, not a message
+    assert sent >= {"ready", "missed", "heartbeat", "subscribed", "pong", "error"}
+    for message_type in sent:
+        assert f"| `{message_type}` |" in described, message_type
+    for action in re.findall(r'"action"\) == "(\w+)"|"action"\) != "(\w+)"', source):
+        name = next(a for a in action if a)
+        assert f'{{"action": "{name}"' in described, name
+    # docs/api.md carries the same text.
+    docs = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    assert streams.WS_PROTOCOL.strip() in docs, "docs/api.md is out of step with WS_PROTOCOL"
