@@ -33,7 +33,9 @@ from cityneuron.settings import ApiSettings
 
 log = logging.getLogger("cityneuron.api")
 
-OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/health", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+)
 # Static assets (the docs' Swagger UI, screens): public files, open like /docs itself.
 OPEN_PREFIXES = ("/static/",)
 ADMIN_PREFIX = "/admin"
