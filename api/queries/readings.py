@@ -80,8 +80,11 @@ class LatestState:
         return f"{self.devices}:{self.received_sum_us}:{self.seq_sum}:{last}"
 
 
+_NO_JOIN = sql.SQL("")
+
+
 def _latest_from(
-    kind: str, district: str | None, history: sql.Composable = sql.SQL("")
+    kind: str, district: str | None, history: sql.Composable = _NO_JOIN
 ) -> tuple[sql.Composable, dict[str, Any]]:
     params: dict[str, Any] = {"kind": kind}
     join: sql.Composable = sql.SQL("")
