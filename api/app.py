@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api.auth import install_security
 from api.db import build_pool, pooled_connection
+from api.docs_ui import install_docs
 from api.errors import ApiError, install_error_handlers
 from api.live.acks import AckRecorder
 from api.live.broker import BrokerLink
@@ -38,6 +39,8 @@ _DESCRIPTION = """Devices, readings and aggregates of the CityNeuron sensor netw
 
 Times are RFC 3339 with a time zone in responses; `from`/`to` accept RFC 3339 or epoch milliseconds
 and form the half-open window [from, to). Errors are `{"error": {"code": ..., "message": ...}}`.
+Live data: `GET /stream` (Server-Sent Events) and the WebSocket `/ws`, described under the
+streams tag.
 """
 
 
@@ -83,6 +86,11 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=_DESCRIPTION,
         lifespan=_lifespan(settings),
+        # WebSocket routes have no OpenAPI path: /ws is described with its tag.
+        openapi_tags=[streams.OPENAPI_TAG],
+        # /docs is served from the package (api/docs_ui.py); ReDoc would need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     # API keys, rate limits, body size limit and the CORS allow-list (see api/auth.py).
@@ -91,4 +99,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_metrics(app)
     for module in (health, devices, readings, aggregates, city, overview, admin, alerts, commands, streams):
         app.include_router(module.router)
+    install_docs(app)
     return app

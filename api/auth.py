@@ -33,7 +33,11 @@ from cityneuron.settings import ApiSettings
 
 log = logging.getLogger("cityneuron.api")
 
-OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/health", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+)
+# Static assets (the docs' Swagger UI, screens): public files, open like /docs itself.
+OPEN_PREFIXES = ("/static/",)
 ADMIN_PREFIX = "/admin"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _REALM = 'Bearer realm="cityneuron"'
@@ -46,7 +50,7 @@ _HEADER = "ApiKeyHeader"
 
 def required_scope(method: str, path: str, read_requires_key: bool) -> Scope | None:
     """The scope a request needs, or None when it is open."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return None
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         return Scope.ADMIN

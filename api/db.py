@@ -14,6 +14,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from api.breaker import DatabaseBreaker, connection_class, first_line
 from api.errors import ApiError, BadRequest, DatabaseUnavailable
 from cityneuron.settings import DatabaseSettings
 
@@ -54,8 +55,10 @@ class ApiPool(AsyncConnectionPool[AsyncConn]):
 
     def __init__(self, db: DatabaseSettings) -> None:
         self._last_used_s: WeakKeyDictionary[AsyncConn, float] = WeakKeyDictionary()
+        self.breaker = DatabaseBreaker(db.url, db.connect_timeout_s)
         super().__init__(
             db.url,
+            connection_class=connection_class(self.breaker),
             min_size=db.pool_min_size,
             max_size=db.pool_max_size,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(db.connect_timeout_s))},
@@ -73,6 +76,10 @@ class ApiPool(AsyncConnectionPool[AsyncConn]):
     def mark_used(self, conn: AsyncConn) -> None:
         self._last_used_s[conn] = time.monotonic()
 
+    async def close(self, timeout: float = 5.0) -> None:
+        await self.breaker.close()
+        await super().close(timeout)
+
 
 def build_pool(db: DatabaseSettings) -> ApiPool:
     """A closed pool for ``db``; open it in the application lifespan."""
@@ -81,7 +88,11 @@ def build_pool(db: DatabaseSettings) -> ApiPool:
 
 @asynccontextmanager
 async def pooled_connection(pool: ApiPool, timeout_s: float) -> AsyncIterator[AsyncConn]:
-    """A connection from ``pool``; database failures inside become DatabaseUnavailable/QueryTimeout."""
+    """A connection from ``pool``; database failures inside become DatabaseUnavailable/QueryTimeout.
+
+    While the database is known to be down (api/breaker.py) this fails at once, without waiting.
+    """
+    pool.breaker.check()
     try:
         async with pool.connection(timeout=timeout_s) as conn:
             try:
@@ -89,6 +100,8 @@ async def pooled_connection(pool: ApiPool, timeout_s: float) -> AsyncIterator[As
             finally:
                 pool.mark_used(conn)
     except PoolTimeout as exc:
+        # Down (the pool's attempts failed meanwhile) or only busy: the probe tells which.
+        pool.breaker.suspect()
         raise DatabaseUnavailable(
             f"database unavailable: no connection within {timeout_s:g} s; /health has details"
         ) from exc
@@ -97,15 +110,11 @@ async def pooled_connection(pool: ApiPool, timeout_s: float) -> AsyncIterator[As
             f"the query ran longer than {STATEMENT_TIMEOUT_MS // 1000} s: ask for a shorter range or a wider bucket"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+        pool.breaker.suspect()
+        raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from exc
     except psycopg.DataError as exc:
         # SQLSTATE class 22 "data exception": a value the request carried that PostgreSQL cannot
         # represent or compute with (out of range, overflow); the client can fix it, so 400.
         raise BadRequest(
-            f"a parameter value is out of the database's range: {_first_line(exc)}", code="value_out_of_range"
+            f"a parameter value is out of the database's range: {first_line(exc)}", code="value_out_of_range"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

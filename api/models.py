@@ -31,7 +31,7 @@ class ErrorBody(BaseModel):
 
 
 _DEVICE_EXAMPLE: dict[str, Any] = {
-    "device_id": "aq-futian-001",
+    "device_id": "air-futian-00001",
     "kind": "air_station",
     "district": "futian",
     "lat": 22.541,
@@ -109,6 +109,11 @@ class DevicePage(BaseModel):
 class MetricValue(BaseModel):
     value: float | None
     unit: str | None = Field(description="catalog unit; null for a metric the catalog no longer has")
+    time: datetime | None = Field(
+        description="device timestamp of the reading that carried this value: a reading may carry only"
+        " some metrics, so a value can be older than the reading's `time`; null when that reading is no"
+        " longer stored (retention) or the catalog no longer has the metric"
+    )
 
 
 class LatestReading(BaseModel):
@@ -116,14 +121,14 @@ class LatestReading(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "device_id": "aq-futian-001",
+                    "device_id": "air-futian-00001",
                     "kind": "air_station",
                     "time": _T0,
                     "received_at": "2026-03-01T08:00:01.250000Z",
                     "seq": 42,
                     "metrics": {
-                        "pm25": {"value": 18.5, "unit": "ug/m3"},
-                        "o3": {"value": 61.0, "unit": "ug/m3"},
+                        "pm25": {"value": 18.5, "unit": "ug/m3", "time": _T0},
+                        "o3": {"value": 61.0, "unit": "ug/m3", "time": "2026-03-01T07:00:00Z"},
                     },
                 }
             ]
@@ -131,10 +136,12 @@ class LatestReading(BaseModel):
     )
     device_id: str
     kind: str
-    time: datetime = Field(description="device timestamp of the reading")
-    received_at: datetime
-    seq: int | None
-    metrics: dict[str, MetricValue]
+    time: datetime = Field(description="device timestamp of the newest reading")
+    received_at: datetime = Field(description="when the ingest received the newest reading")
+    seq: int | None = Field(description="sequence number of the newest reading")
+    metrics: dict[str, MetricValue] = Field(
+        description="newest value of each metric the device has reported, each with its own time"
+    )
 
 
 class LatestPage(BaseModel):
@@ -149,12 +156,12 @@ class LatestPage(BaseModel):
                     "devices": 120,
                     "items": [
                         {
-                            "device_id": "pole-futian-001",
+                            "device_id": "pole-futian-00001",
                             "kind": "smart_pole",
                             "time": _T0,
                             "received_at": "2026-03-01T08:00:00.400000Z",
                             "seq": 7,
-                            "metrics": {"lamp_level": {"value": 80.0, "unit": "%"}},
+                            "metrics": {"lamp_level": {"value": 80.0, "unit": "%", "time": _T0}},
                         }
                     ],
                 }
@@ -186,7 +193,7 @@ class ReadingPage(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "device_id": "aq-futian-001",
+                    "device_id": "air-futian-00001",
                     "kind": "air_station",
                     "from": "2026-03-01T00:00:00Z",
                     "to": "2026-03-02T00:00:00Z",
@@ -276,6 +283,10 @@ class DatabaseHealth(BaseModel):
     timescaledb: str | None = Field(description="TimescaleDB extension version; null when absent")
     timescaledb_present: bool | None = Field(description="null when the database is not reachable")
     schema_version: int | None = Field(description="schema version recorded in the database")
+    devices: int | None = Field(
+        description="devices in the registry, counted up to the readiness threshold (min_devices of"
+        " /health/ready, 1 for /health); null when the database or the schema is not there",
+    )
 
 
 class Versions(BaseModel):
@@ -298,13 +309,21 @@ class HealthResponse(BaseModel):
                         "timescaledb": "2.17.2",
                         "timescaledb_present": True,
                         "schema_version": 1,
+                        "devices": 1,
                     },
                     "versions": {"cityneuron": "0.1.0", "contract": 1, "schema": 1},
+                    "ready": True,
+                    "ready_detail": None,
                 }
             ]
         }
     )
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable"] = Field(description="ok: broker and database reachable")
     broker: BrokerHealth
     database: DatabaseHealth
     versions: Versions
+    ready: bool = Field(
+        description="status ok, schema initialised and the registry holds at least min_devices devices"
+        " (1 for /health): what /devices lists is there. /health/ready answers 503 until then"
+    )
+    ready_detail: str | None = Field(description="why not ready")

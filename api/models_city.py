@@ -28,7 +28,15 @@ class SubIndexOut(BaseModel):
     averaging: str = Field(description="how the concentration was formed from the hourly means")
     concentration: float | None = Field(description="null when the data fall short of the validity rule")
     unit: str
-    samples: int = Field(description="hourly means used (for o3_8h daily: valid 8 h windows)")
+    samples: int = Field(
+        description="what the concentration rests on: hourly means (for o3_8h daily: valid 8 h windows)"
+    )
+    samples_required: int = Field(
+        description="the minimum for a valid concentration (GB 3095-2012 table 4, HJ 663-2013): 20 hourly"
+        " means for a 24 h mean (moving or daily), 1 valid 8 h window (each needs 6 of its 8 hours),"
+        " 1 for a 1 h value"
+    )
+    valid: bool = Field(description="samples reach samples_required; an invalid indicator gives no IAQI")
     iaqi: int | None = Field(description="individual air quality index, rounded up")
     iaqi_basis: str | None = Field(
         description="indicator whose table and concentration gave the IAQI (differs under HJ 633"
@@ -86,6 +94,8 @@ _AQI_ITEM: dict[str, Any] = {
             "concentration": 70.0,
             "unit": "ug/m3",
             "samples": 24,
+            "samples_required": 20,
+            "valid": True,
             "iaqi": 110,
             "iaqi_basis": "pm25_24h",
             "primary": True,
@@ -109,7 +119,10 @@ class StationAqiResponse(AqiHeader):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {**_AQI_HEADER, "items": [{**_AQI_ITEM, "device_id": "aq-futian-001", "district": "futian"}]}
+                {
+                    **_AQI_HEADER,
+                    "items": [{**_AQI_ITEM, "device_id": "air-futian-00001", "district": "futian"}],
+                }
             ]
         }
     )
@@ -159,7 +172,7 @@ class StationWaterQuality(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "device_id": "wq-baoan-001",
+                    "device_id": "wq-baoan-00001",
                     "district": "baoan",
                     "water_body": "river",
                     "analysis_time": _T0,

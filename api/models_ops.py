@@ -41,7 +41,7 @@ class CommandOut(BaseModel):
             "examples": [
                 {
                     "command_id": "c-3f6c2d0a9b8e4f1a",
-                    "device_id": "pole-futian-0001",
+                    "device_id": "pole-futian-00001",
                     "command": "set_lamp_level",
                     "args": {"level": 40.0},
                     "state": "acked",
@@ -79,19 +79,21 @@ class AlertOut(BaseModel):
         json_schema_extra={
             "examples": [
                 {
+                    # A real answer: rule pm25_iaqi_over_100 of ingest/rules.toml (open above
+                    # 60 ug/m3 for an hour, docs/alerts.md) on a device of the default city.
                     "id": 17,
-                    "device_id": "aq-baoan-002",
+                    "device_id": "air-baoan-00001",
                     "kind": "air_station",
                     "district": "baoan",
-                    "rule": "pm25_high",
+                    "rule": "pm25_iaqi_over_100",
                     "severity": "warning",
                     "state": "active",
                     "opened_at": _T0,
                     "closed_at": None,
-                    "value": 82.0,
+                    "value": 72.4,
                     "peak_value": 96.5,
                     "close_value": None,
-                    "detail": "pm25 82 ug/m3 above 75",
+                    "detail": "pm25 72.4 above 60",
                 }
             ]
         }

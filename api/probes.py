@@ -93,7 +93,7 @@ async def probe_broker(mqtt: MqttSettings, timeout_s: float) -> BrokerHealth:
     return BrokerHealth(reachable=detail is None, host=mqtt.host, port=mqtt.port, detail=detail)
 
 
-async def _database_facts(db: DatabaseSettings) -> dict[str, Any]:
+async def _database_facts(db: DatabaseSettings, min_devices: int) -> dict[str, Any]:
     connect_timeout = max(1, round(db.connect_timeout_s))
     async with await psycopg.AsyncConnection.connect(
         db.url, autocommit=True, connect_timeout=connect_timeout
@@ -105,18 +105,30 @@ async def _database_facts(db: DatabaseSettings) -> dict[str, Any]:
         )
         row = await cur.fetchone()
         assert row is not None
-        facts: dict[str, Any] = {"postgresql": row[0], "timescaledb": row[1], "schema_version": None}
+        facts: dict[str, Any] = {
+            "postgresql": row[0],
+            "timescaledb": row[1],
+            "schema_version": None,
+            "devices": None,
+        }
         if row[2]:
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             version = await cur.fetchone()
             facts["schema_version"] = version[0] if version else None
+            # Counted up to the threshold only: a count(*) of a registry of millions takes seconds.
+            cur = await conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM devices LIMIT %s) AS d", (max(1, min_devices),)
+            )
+            counted = await cur.fetchone()
+            facts["devices"] = counted[0] if counted else 0
         return facts
 
 
-async def probe_database(db: DatabaseSettings, timeout_s: float) -> DatabaseHealth:
-    """Versions from a fresh connection (not the pool: the probe reports the real reason)."""
+async def probe_database(db: DatabaseSettings, timeout_s: float, min_devices: int = 1) -> DatabaseHealth:
+    """Versions from a fresh connection (not the pool: the probe reports the real reason), and
+    the registered devices counted up to ``min_devices``."""
     try:
-        facts = await asyncio.wait_for(_database_facts(db), timeout_s)
+        facts = await asyncio.wait_for(_database_facts(db, min_devices), timeout_s)
     except TimeoutError:
         return _unreachable(f"no answer within {timeout_s:g} s")
     except psycopg.Error as exc:
@@ -132,6 +144,7 @@ async def probe_database(db: DatabaseSettings, timeout_s: float) -> DatabaseHeal
         timescaledb=facts["timescaledb"],
         timescaledb_present=facts["timescaledb"] is not None,
         schema_version=facts["schema_version"],
+        devices=facts["devices"],
     )
 
 
@@ -143,4 +156,5 @@ def _unreachable(detail: str) -> DatabaseHealth:
         timescaledb=None,
         timescaledb_present=None,
         schema_version=None,
+        devices=None,
     )

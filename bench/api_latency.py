@@ -1,8 +1,10 @@
 """API latency under load, measured with wrk (a separate process) against a served API.
 
-Setup: a fresh PostgreSQL + TimescaleDB cluster, the default ("small") city backfilled over
+Setup: a fresh PostgreSQL cluster (with TimescaleDB where it is installed, plain PostgreSQL
+otherwise: ``--storage``; every figure is labelled with the storage it was measured on), the
+default ("small") city backfilled over
 ``--days`` days with ``simulator.direct.backfill_direct`` (the same COPY path as
-``cityneuron sim --backfill-from ... --direct``), continuous aggregates refreshed, then the API
+``cityneuron sim --backfill-from ... --direct``), continuous aggregates refreshed (TimescaleDB), then the API
 under uvicorn with ``--workers`` processes in a subprocess. With ``--live`` (default) the city keeps
 running while it is measured: a thread writes each few seconds' readings of every device through
 the same COPY path (readings, latest values, device last-seen), at the city's own rate (under 10
@@ -27,6 +29,7 @@ requests. A target is met when its paced run reaches at least 90 % of the rate w
 the district views, 20 req/s for the 30-day chart.
 
     python bench/api_latency.py [--days 30] [--duration 10] [--workers 2] [--no-live]
+                                [--storage auto|timescaledb|plain]
 """
 
 from __future__ import annotations
@@ -329,8 +332,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="keep the city writing readings while measuring (default: on)",
     )
+    parser.add_argument(
+        "--storage",
+        choices=tuple(_STORAGE),
+        default="auto",
+        help="auto (default): TimescaleDB when its library is installed, plain PostgreSQL otherwise;"
+        " timescaledb: require it; plain: never load it",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
+
+
+# --storage -> PostgresServer(timescaledb=...): None loads it when installed.
+_STORAGE: dict[str, bool | None] = {"auto": None, "timescaledb": True, "plain": False}
+
+
+def _storage_label(timescaledb: str | None) -> str:
+    return f"TimescaleDB {timescaledb}" if timescaledb else "plain PostgreSQL"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     root = scratch_dir("cityneuron-apibench-")
-    server = PostgresServer(root / "pg", free_port(), timescaledb=True)
+    server = PostgresServer(root / "pg", free_port(), timescaledb=_STORAGE[args.storage])
     api: subprocess.Popen[bytes] | None = None
     try:
         server.start()
@@ -358,11 +376,15 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         began = time.monotonic()
+        storage = _storage_label(info.timescaledb)
+        print(f"storage: {storage}", flush=True)
         summary = backfill_direct(settings, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
-        _refresh_caggs(url)
+        if info.timescaledb:
+            _refresh_caggs(url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        print(f"backfill: {summary} (+ aggregates refresh) in {time.monotonic() - began:.0f} s", flush=True)
+        refresh = " (+ aggregates refresh)" if info.timescaledb else ""
+        print(f"backfill: {summary}{refresh} in {time.monotonic() - began:.0f} s", flush=True)
 
         device_id, district, reporting = _pick(url)
         base = f"http://127.0.0.1:{settings.api.port}"
@@ -396,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[Run] = []
         verdicts: list[str] = []
         live = _LiveCity(settings, int(end.timestamp() * 1000)) if args.live else contextlib.nullcontext()
-        print(f"API workers: {args.workers}; city live: {'yes' if args.live else 'no'}", flush=True)
+        print(
+            f"API workers: {args.workers}; city live: {'yes' if args.live else 'no'}; storage: {storage}",
+            flush=True,
+        )
         with live:
             for target in TARGETS:
                 load = views[target.view]
@@ -418,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if isinstance(live, _LiveCity):
             print(f"live city wrote {live.readings} readings while measured", flush=True)
-        print("targets:", flush=True)
+        print(f"targets ({storage}):", flush=True)
         for line in verdicts:
             print("  " + line, flush=True)
         for run in runs:
@@ -432,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                         "days": args.days,
                         "workers": args.workers,
                         "live": args.live,
+                        "storage": storage,
                         "runs": [asdict(r) for r in runs],
                         "targets": verdicts,
                     },

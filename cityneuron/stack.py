@@ -52,6 +52,8 @@ from cityneuron.tls import CA_CERT, ensure_dev_pki, install_broker_tls
 log = logging.getLogger("cityneuron.stack")
 
 _READY_TIMEOUT_S = 60.0
+# The simulator's start and the ingest registering every device (seconds for the small city).
+_CITY_TIMEOUT_S = 180.0
 # Until StackSettings has ports of their own, the client-certificate and WebSocket listeners sit
 # next to the TLS one (8883 -> 8884 and 8885).
 CERT_PORT_OFFSET = 1
@@ -155,8 +157,10 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _wait_http_ok(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
+def _wait_http_ok(
+    url: str, process: subprocess.Popen[bytes], what: str, timeout_s: float = _READY_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ConfigError(
@@ -169,7 +173,7 @@ def _wait_http_ok(url: str, process: subprocess.Popen[bytes], what: str) -> None
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise ConfigError(f"{what} not ready at {url} after {_READY_TIMEOUT_S:.0f} s")
+    raise ConfigError(f"{what} not ready at {url} after {timeout_s:.0f} s")
 
 
 def _credentials_env(provisioned: Provisioned | None, user: str) -> dict[str, str]:
@@ -322,6 +326,11 @@ def run_stack(settings: Settings) -> int:
             if provisioned is not None:
                 sim_env["CITYNEURON_SIMULATOR__DEVICE_KEY_FILE"] = str(provisioned.device_key_file)
             children.spawn("simulator", "sim", env=sim_env)
+            # The banner promises a visible city: wait until the registry holds all of it.
+            city = sum(1 for _ in city_device_ids(settings))
+            log.info("waiting until the API lists the city's %d devices", city)
+            ready = f"{api_url}/health/ready?min_devices={city}"
+            _wait_http_ok(ready, api, "the city's registry", _CITY_TIMEOUT_S)
         print(
             "\nCityNeuron is up\n"
             f"  API        {api_url}  (docs: {api_url}/docs)\n"

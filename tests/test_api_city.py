@@ -131,10 +131,12 @@ def test_hourly_aqi_stations_and_districts(database_kind: str, request: pytest.F
         assert pm25 == {
             "indicator": "pm25_24h",
             "pollutant": "PM2.5",
-            "averaging": "24 h moving mean",
+            "averaging": "24 h moving mean (at least 20 hourly means)",
             "concentration": 70.0,
             "unit": "ug/m3",
             "samples": 24,
+            "samples_required": 20,
+            "valid": True,
             "iaqi": 110,
             "iaqi_basis": "pm25_24h",
             "primary": True,
@@ -199,6 +201,40 @@ def test_hourly_aqi_stations_and_districts(database_kind: str, request: pytest.F
 # --- AQI: daily ---------------------------------------------------------------------------------
 
 DAY_START = datetime(2025, 5, 31, 16, tzinfo=UTC)  # 2025-06-01 00:00 China Standard Time
+
+
+def test_hourly_moving_means_need_20_hours(database: DatabaseSettings) -> None:
+    """A station that started reporting a few hours ago has no valid PM2.5 24 h moving mean
+    (GB 3095-2012 table 4 / HJ 663-2013: at least 20 hourly means), not one from those hours."""
+    with psycopg.connect(database.url) as conn:
+        _device(conn, "aq-new", "air_station", "luohu")
+        _device(conn, "aq-old", "air_station", "luohu")
+        for k in range(19):
+            _reading(conn, "air_station", "aq-new", AT - k * HOUR, pm25=200.0, no2=30.0)
+        for k in range(20):
+            _reading(conn, "air_station", "aq-old", AT - k * HOUR, pm25=200.0, no2=30.0)
+    with _serve(database) as client:
+        body = _ok(client.get("/city/aqi/stations", params={"at": _iso(AT), "district": "luohu"}))
+        stations = _by(body["items"], "device_id")
+        new = {i["indicator"]: i for i in stations["aq-new"]["indicators"]}
+        pm25 = new["pm25_24h"]
+        assert (pm25["samples"], pm25["samples_required"], pm25["valid"]) == (19, 20, False)
+        assert pm25["concentration"] is None and pm25["iaqi"] is None
+        assert "19 of the 20 hourly means" in pm25["note"]
+        # The AQI rests on what is valid: NO2 1 h 30 -> 15.
+        assert stations["aq-new"]["aqi"] == 15 and stations["aq-new"]["primary_pollutants"] == []
+        no2 = new["no2_1h"]
+        assert (no2["samples"], no2["samples_required"], no2["valid"]) == (1, 1, True)
+        # A missing pollutant is invalid with nothing to rest on, and says so without a count.
+        assert new["so2_1h"]["valid"] is False and new["so2_1h"]["samples"] == 0
+        old = {i["indicator"]: i for i in stations["aq-old"]["indicators"]}
+        assert old["pm25_24h"]["valid"] is True and old["pm25_24h"]["samples"] == 20
+        # PM2.5 200 -> 200 + 100/100 * 50 = 250 (HJ 633-2026).
+        assert old["pm25_24h"]["iaqi"] == 250 and stations["aq-old"]["aqi"] == 250
+        district = _ok(client.get("/city/aqi/districts", params={"at": _iso(AT), "district": "luohu"}))
+        (luohu,) = district["items"]
+        # The district's hourly series has 20 hours (aq-old's); its moving mean is valid.
+        assert _iaqis(luohu)["pm25_24h"] == 250
 
 
 def test_daily_aqi(database: DatabaseSettings) -> None:

@@ -303,6 +303,20 @@ def test_hourly_concentrations() -> None:
     assert found[Indicator.PM10_24H].value is None  # metric absent
 
 
+def test_hourly_moving_means_need_20_hours() -> None:
+    nineteen: list[float | None] = [None] * 5 + [80.0] * 19
+    twenty: list[float | None] = [None] * 4 + [80.0] * 20
+    found = hourly_concentrations(_series(pm25=nineteen, pm10=twenty, no2=[None] * 23 + [30.0]))
+    pm25 = found[Indicator.PM25_24H]
+    assert (pm25.value, pm25.samples, pm25.required, pm25.valid) == (None, 19, 20, False)
+    pm10 = found[Indicator.PM10_24H]
+    assert (pm10.value, pm10.samples, pm10.required, pm10.valid) == (80.0, 20, 20, True)
+    no2 = found[Indicator.NO2_1H]
+    assert (no2.value, no2.samples, no2.required) == (30.0, 1, 1)
+    # One hour of PM2.5 is not a 24 h mean.
+    assert hourly_concentrations(_series(pm25=[None] * 23 + [300.0]))[Indicator.PM25_24H].value is None
+
+
 def test_daily_validity_rules() -> None:
     twenty: list[float | None] = [50.0] * 20 + [None] * 4
     nineteen: list[float | None] = [50.0] * 19 + [None] * 5

@@ -26,7 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from cityneuron.provision import DASHBOARD_USER
 from cityneuron.servers import free_port
-from cityneuron.stack import CERT_PORT_OFFSET, WEBSOCKETS_PORT_OFFSET
+from cityneuron.settings import Settings
+from cityneuron.stack import CERT_PORT_OFFSET, WEBSOCKETS_PORT_OFFSET, city_device_ids
 
 
 def _free_port_run(count: int) -> int:
@@ -148,6 +149,12 @@ def test_up_runs_the_city_and_stops_cleanly(stack_home: Path, process_env: dict[
         with httpx.Client(base_url=api, timeout=5) as client:
             health = client.get("/health").json()
             assert health["database"]["reachable"] and health["broker"]["reachable"]
+            # The banner waited for the city: all of it is listed at once, no waiting here.
+            city = sum(1 for _ in city_device_ids(Settings()))
+            # (Generous timeouts: the whole city runs on this machine at 60x while the test asks.)
+            ready = client.get("/health/ready", params={"min_devices": city}, timeout=30)
+            assert ready.status_code == 200, ready.text
+            assert client.get("/devices", params={"kind": "air_station"}, timeout=30).json()["items"]
             poles = _wait_for(
                 lambda: client.get("/devices", params={"kind": "smart_pole"}).json()["items"],
                 60,

@@ -12,8 +12,14 @@ Data validity (GB 3095-2012 section 7, table 4 "data validity"):
   that lie inside the day;
 - the O3 daily maximum 1 h is the largest hourly mean of the day.
 
-The real-time (hourly) view applies no minimum: its PM2.5/PM10/SO2 24 h moving means average
-whatever hours the window holds, and ``samples`` says how many.
+The real-time (hourly) view applies the same rule to its 24 h moving means (PM2.5, PM10, and
+SO2 for the 1 h > 800 ug/m3 case): at least 20 of the 24 hourly means (GB 3095-2012 table 4; HJ
+663-2013 refers to it). A moving mean with fewer is not valid and gives no IAQI, so a station that
+started reporting an hour ago has no PM2.5 24 h figure rather than one resting on a single hour.
+The 1 h indicators rest on the last hour's mean alone.
+
+Each result says how many samples it rests on and how many the rule needs (``samples``,
+``required``); ``value`` is None when it is not valid.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ class Concentration:
 
     value: float | None
     samples: int
+    required: int = 1
+
+    @property
+    def valid(self) -> bool:
+        return self.value is not None
 
 
 def _hours(series: HourlyMeans, metric: str) -> Sequence[float | None]:
@@ -62,8 +73,8 @@ def _hours(series: HourlyMeans, metric: str) -> Sequence[float | None]:
 def _mean(values: Sequence[float | None], minimum: int) -> Concentration:
     present = [v for v in values if v is not None]
     if not present or len(present) < minimum:
-        return Concentration(None, len(present))
-    return Concentration(statistics.fmean(present), len(present))
+        return Concentration(None, len(present), minimum)
+    return Concentration(statistics.fmean(present), len(present), minimum)
 
 
 def _latest(values: Sequence[float | None]) -> Concentration:
@@ -86,11 +97,12 @@ def _max_1h(values: Sequence[float | None]) -> Concentration:
 
 def hourly_concentrations(series: HourlyMeans) -> dict[Indicator, Concentration]:
     """Real-time indicators: the last hour's SO2/NO2/CO/O3 and the 24 h moving means of
-    PM2.5, PM10 and SO2 (the latter for the SO2 1 h > 800 rule)."""
+    PM2.5, PM10 and SO2 (the latter for the SO2 1 h > 800 rule), each of the latter valid with at
+    least 20 hourly means (GB 3095-2012 table 4)."""
     return {
-        Indicator.PM25_24H: _mean(_hours(series, "pm25"), 1),
-        Indicator.PM10_24H: _mean(_hours(series, "pm10"), 1),
-        Indicator.SO2_24H: _mean(_hours(series, "so2"), 1),
+        Indicator.PM25_24H: _mean(_hours(series, "pm25"), MIN_HOURS_24H),
+        Indicator.PM10_24H: _mean(_hours(series, "pm10"), MIN_HOURS_24H),
+        Indicator.SO2_24H: _mean(_hours(series, "so2"), MIN_HOURS_24H),
         Indicator.SO2_1H: _latest(_hours(series, "so2")),
         Indicator.NO2_1H: _latest(_hours(series, "no2")),
         Indicator.CO_1H: _latest(_hours(series, "co")),

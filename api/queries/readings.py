@@ -13,8 +13,6 @@ from api.db import AsyncConn
 from api.models import Reading
 from cityneuron.catalog import KIND_BY_NAME, Kind, Metric
 
-_LATEST_COLUMNS = sql.SQL("lr.device_id, lr.kind, lr.time, lr.received_at, lr.seq, lr.metrics")
-
 
 async def device_readings(
     conn: AsyncConn,
@@ -82,13 +80,19 @@ class LatestState:
         return f"{self.devices}:{self.received_sum_us}:{self.seq_sum}:{last}"
 
 
-def _latest_from(kind: str, district: str | None) -> tuple[sql.Composable, dict[str, Any]]:
+_NO_JOIN = sql.SQL("")
+
+
+def _latest_from(
+    kind: str, district: str | None, history: sql.Composable = _NO_JOIN
+) -> tuple[sql.Composable, dict[str, Any]]:
     params: dict[str, Any] = {"kind": kind}
     join: sql.Composable = sql.SQL("")
     if district is not None:
         join = sql.SQL(" JOIN devices d ON d.device_id = lr.device_id AND d.district = %(district)s")
         params["district"] = district
-    return sql.SQL("latest_reading lr{join} WHERE lr.kind = %(kind)s").format(join=join), params
+    source = sql.SQL("latest_reading lr{join}{history} WHERE lr.kind = %(kind)s")
+    return source.format(join=join, history=history), params
 
 
 async def latest_state(conn: AsyncConn, *, kind: str, district: str | None) -> LatestState:
@@ -109,13 +113,13 @@ async def latest_readings(
 ) -> list[dict[str, Any]]:
     """Latest reading of every device of ``kind`` (in ``district``) received after ``since``,
     each as the JSON object of a ``LatestReading``."""
-    source, params = _latest_from(kind, district)
+    source, params = _latest_from(kind, district, _HISTORY_JOIN[kind])
     since_filter: sql.Composable = sql.SQL("")
     if since is not None:
         since_filter = sql.SQL(" AND lr.received_at > %(since)s")
         params["since"] = since
-    query = sql.SQL("SELECT {columns} FROM {source}{since} ORDER BY lr.device_id").format(
-        columns=_LATEST_COLUMNS, source=source, since=since_filter
+    query = sql.SQL("{select}, {own} FROM {source}{since} ORDER BY lr.device_id").format(
+        select=_LATEST_SELECT, own=_OWN_COLUMNS[kind], source=source, since=since_filter
     )
     cur = await conn.execute(query, params)
     return [_latest(row) for row in await cur.fetchall()]
@@ -123,15 +127,69 @@ async def latest_readings(
 
 async def latest_reading(conn: AsyncConn, device_id: str) -> dict[str, Any] | None:
     """The device's latest reading as the JSON object of a ``LatestReading``: catalog units,
-    metrics in catalog order."""
-    cur = await conn.execute(_LATEST_OF_DEVICE, (device_id,))
+    metrics in catalog order, each with the time of the reading that carried it."""
+    cur = await conn.execute("SELECT kind FROM latest_reading WHERE device_id = %s", (device_id,))
     row = await cur.fetchone()
-    return _latest(row) if row is not None else None
+    if row is None:
+        return None
+    kind = str(row[0])
+    if kind not in _OWN_COLUMNS:
+        # A kind the catalog no longer has: no history table to date the metrics from.
+        cur = await conn.execute(
+            sql.SQL("{select} FROM latest_reading lr WHERE lr.device_id = %s").format(select=_LATEST_SELECT),
+            (device_id,),
+        )
+        found = await cur.fetchone()
+        return _latest(found) if found is not None else None
+    query = sql.SQL("{select}, {own} FROM latest_reading lr{history} WHERE lr.device_id = %s").format(
+        select=_LATEST_SELECT, own=_OWN_COLUMNS[kind], history=_HISTORY_JOIN[kind]
+    )
+    cur = await conn.execute(query, (device_id,))
+    found = await cur.fetchone()
+    return _latest(found) if found is not None else None
 
 
-_LATEST_OF_DEVICE = sql.SQL("SELECT {columns} FROM latest_reading lr WHERE lr.device_id = %s").format(
-    columns=_LATEST_COLUMNS
-)
+_LATEST_SELECT = sql.SQL("SELECT lr.device_id, lr.kind, lr.time, lr.received_at, lr.seq, lr.metrics")
+
+
+def _own_columns(kind: Kind) -> sql.Composable:
+    """Per catalog metric: the time and value of the newest stored reading that carried it.
+
+    ``latest_reading.metrics`` keeps the newest value of each metric (a reading carrying only
+    some metrics leaves the others as they were), under the time of the newest reading. Each
+    metric's own time comes from the history: the reading at ``lr.time`` when it carried the
+    metric (one primary-key row, the usual case), else the newest earlier reading that did (an
+    index scan back from ``lr.time``, run only for such metrics).
+    """
+    columns: list[sql.Composable] = []
+    for metric in kind.metrics:
+        name = sql.Identifier(metric.name)
+        earlier = sql.SQL(
+            "(SELECT h.{what} FROM {table} h WHERE h.device_id = lr.device_id AND h.time < lr.time"
+            " AND h.{name} IS NOT NULL ORDER BY h.time DESC LIMIT 1)"
+        )
+        for what, now in ((sql.SQL("time"), sql.SQL("lr.time")), (name, sql.SQL("r.{}").format(name))):
+            columns.append(
+                sql.SQL(
+                    "CASE WHEN NOT lr.metrics ? {key} THEN NULL WHEN r.{name} IS NOT NULL THEN {now}"
+                    " ELSE {earlier} END"
+                ).format(
+                    key=sql.Literal(metric.name),
+                    name=name,
+                    now=now,
+                    earlier=earlier.format(what=what, table=sql.Identifier(kind.table), name=name),
+                )
+            )
+    return sql.SQL(", ").join(columns)
+
+
+_OWN_COLUMNS: dict[str, sql.Composable] = {kind.name: _own_columns(kind) for kind in KIND_BY_NAME.values()}
+_HISTORY_JOIN: dict[str, sql.Composable] = {
+    kind.name: sql.SQL(" LEFT JOIN {table} r ON r.device_id = lr.device_id AND r.time = lr.time").format(
+        table=sql.Identifier(kind.table)
+    )
+    for kind in KIND_BY_NAME.values()
+}
 # (metric, unit) of each kind in catalog order.
 _UNITS: dict[str, tuple[tuple[str, str], ...]] = {
     kind.name: tuple((m.name, m.unit) for m in kind.metrics) for kind in KIND_BY_NAME.values()
@@ -140,13 +198,23 @@ _UNITS: dict[str, tuple[tuple[str, str], ...]] = {
 
 def _latest(row: tuple[Any, ...]) -> dict[str, Any]:
     # Plain dicts, not models: this runs for every device of a polled view (api/fastjson.py).
-    device_id, kind, time, received_at, seq, raw = row
+    device_id, kind, time, received_at, seq, raw = row[:6]
+    own = row[6:]
     raw = raw or {}
-    metrics = {name: {"value": raw[name], "unit": unit} for name, unit in _UNITS.get(kind, ()) if name in raw}
+    metrics: dict[str, dict[str, Any]] = {}
+    for i, (name, unit) in enumerate(_UNITS.get(kind, ())):
+        if name not in raw:
+            continue
+        if own:
+            at, value = own[2 * i], own[2 * i + 1]
+            # No stored reading carries it any more (retention dropped it): the kept value, undated.
+            metrics[name] = {"value": raw[name] if at is None else value, "unit": unit, "time": at}
+        else:
+            metrics[name] = {"value": raw[name], "unit": unit, "time": None}
     if len(metrics) != len(raw):
         for name, value in raw.items():
-            # A metric since removed from the catalog is still shown, without a unit.
-            metrics.setdefault(name, {"value": value, "unit": None})
+            # A metric since removed from the catalog is still shown, without a unit or a time.
+            metrics.setdefault(name, {"value": value, "unit": None, "time": None})
     return {
         "device_id": device_id,
         "kind": kind,

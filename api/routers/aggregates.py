@@ -110,8 +110,9 @@ async def aggregates(
         "agg": agg,
         "bucket": bucket,
         "bucket_seconds": int(width.total_seconds()),
-        "start": window.start,
-        "end": window.end,
+        # The published names (AggregateResponse's serialization aliases): this body skips the model.
+        "from": window.start,
+        "to": window.end,
         "district": district,
         "device_id": device_id,
         "group_by": group_by,

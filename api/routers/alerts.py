@@ -48,7 +48,9 @@ async def list_alerts(
     ] = None,
     kind: Annotated[list[str] | None, Query(description="device kind(s)", examples=["air_station"])] = None,
     device: Annotated[list[str] | None, Query(description="device id(s)")] = None,
-    rule: Annotated[list[str] | None, Query(description="rule name(s)", examples=["pm25_high"])] = None,
+    rule: Annotated[
+        list[str] | None, Query(description="rule name(s)", examples=["pm25_iaqi_over_100"])
+    ] = None,
     severity: Annotated[list[str] | None, Query(description="severity(ies)", examples=["critical"])] = None,
     from_: Annotated[
         str | None,

@@ -51,16 +51,25 @@ CHINA_TIME = timezone(timedelta(hours=8), "CST")
 WATER_LOOKBACK = timedelta(hours=24)
 
 _AVERAGING = {
-    (aqi.Period.HOURLY, 24): "24 h moving mean",
+    (aqi.Period.HOURLY, 24): "24 h moving mean (at least 20 hourly means)",
     (aqi.Period.HOURLY, 1): "last 1 h mean",
     (aqi.Period.DAILY, 24): "daily mean (at least 20 hourly means)",
     (aqi.Period.DAILY, 8): "daily maximum 8 h moving mean (8 h means ending 08:00-24:00, 6 of 8 hours)",
     (aqi.Period.DAILY, 1): "daily maximum 1 h mean",
 }
+_SAMPLE_NAMES = {
+    (aqi.Period.HOURLY, 24): "hourly means",
+    (aqi.Period.HOURLY, 1): "hourly mean",
+    (aqi.Period.DAILY, 24): "hourly means",
+    (aqi.Period.DAILY, 8): "valid 8 h windows",
+    (aqi.Period.DAILY, 1): "hourly mean",
+}
 _AQI_METHOD = {
     aqi.Period.HOURLY: "Real-time AQI (HJ 633 section 5.2): SO2, NO2, CO and O3 last-hour means on the"
-    " 1 h tables; PM2.5 and PM10 24 h moving means on the 24 h tables. Hours are counted back from"
-    " `at` (the last hour is at - 1 h < time <= at); an hourly mean averages that hour's readings.",
+    " 1 h tables; PM2.5 and PM10 24 h moving means on the 24 h tables, valid with at least 20 of the"
+    " 24 hourly means (GB 3095-2012 table 4, HJ 663-2013; an invalid one gives no IAQI). Hours are"
+    " counted back from `at` (the last hour is at - 1 h < time <= at); an hourly mean averages that"
+    " hour's readings. docs/api.md has the details.",
     aqi.Period.DAILY: "Daily AQI (HJ 633 section 5.1) for the last complete day in China Standard Time"
     " (UTC+8) ending at or before `at`: 24 h means of SO2, NO2, CO, PM2.5, PM10 on the 24 h tables"
     " (at least 20 hourly means, GB 3095-2012), the O3 daily maximum 8 h moving mean on the 8 h table"
@@ -148,6 +157,13 @@ def aqi_index(series: HourlyMeans, period: aqi.Period, standard: aqi.Standard) -
     indicators = []
     for sub in result.sub_indices:
         info = aqi.INDICATORS[sub.indicator]
+        used = found[sub.indicator]
+        note = sub.note
+        if not used.valid and used.samples > 0:
+            note = (
+                f"not valid: {used.samples} of the {used.required} {_SAMPLE_NAMES[(period, info.hours)]}"
+                " needed (GB 3095-2012 table 4, HJ 663-2013)"
+            )
         indicators.append(
             SubIndexOut(
                 indicator=sub.indicator.value,
@@ -155,11 +171,13 @@ def aqi_index(series: HourlyMeans, period: aqi.Period, standard: aqi.Standard) -
                 averaging=_AVERAGING[(period, info.hours)],
                 concentration=sub.concentration,
                 unit=info.unit,
-                samples=found[sub.indicator].samples,
+                samples=used.samples,
+                samples_required=used.required,
+                valid=used.valid,
                 iaqi=sub.iaqi,
                 iaqi_basis=sub.basis.value if sub.basis is not None else None,
                 primary=sub.indicator in result.primary_indicators,
-                note=sub.note,
+                note=note,
             )
         )
     cat = result.category

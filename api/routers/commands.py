@@ -35,7 +35,7 @@ router = APIRouter(
     },
 )
 
-DeviceId = Annotated[str, Path(description="device id", examples=["pole-futian-0001"])]
+DeviceId = Annotated[str, Path(description="device id", examples=["pole-futian-00001"])]
 _CURSOR = "command"
 
 

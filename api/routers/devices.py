@@ -30,7 +30,7 @@ from api.viewcache import RenderedView
 
 router = APIRouter(prefix="/devices", tags=["devices"], responses=ERRORS)
 
-DeviceId = Annotated[str, Path(description="device id", examples=["aq-futian-001"])]
+DeviceId = Annotated[str, Path(description="device id", examples=["air-futian-00001"])]
 
 _DEVICE_CURSOR = "d"
 

@@ -59,7 +59,7 @@ def _after(cursor: str | None) -> datetime | None:
 @router.get("/devices/{device_id}/readings", response_model=ReadingPage, summary="Raw readings of a device")
 async def readings(
     conn: Conn,
-    device_id: Annotated[str, Path(description="device id", examples=["aq-futian-001"])],
+    device_id: Annotated[str, Path(description="device id", examples=["air-futian-00001"])],
     window: Window,
     limit: PageLimit,
     cursor: Cursor = None,

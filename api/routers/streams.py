@@ -138,7 +138,7 @@ _SSE_DOC = (
             "content": {
                 "text/event-stream": {
                     "schema": {"type": "string"},
-                    "example": 'event: reading\ndata: {"type":"reading","device_id":"pole-futian-0001",'
+                    "example": 'event: reading\ndata: {"type":"reading","device_id":"pole-futian-00001",'
                     '"kind":"smart_pole","district":"futian","time":"2026-03-01T08:00:00Z","seq":7,'
                     '"metrics":{"pm25":{"value":18.0,"unit":"ug/m3"}}}\n\n',
                 }
@@ -167,6 +167,44 @@ async def sse_stream(
 
 
 # --- WebSocket ----------------------------------------------------------------------------------
+
+# WebSocket routes have no place in OpenAPI's `paths`: the protocol is published as the
+# description of the "streams" tag (api/app.py) and in docs/api.md, from this one text.
+WS_PROTOCOL = r"""Live readings and alerts, pushed as the API's broker connection receives them.
+
+**`GET /stream`** is Server-Sent Events (see the operation below).
+
+**`/ws`** is a WebSocket (`ws://host:port/ws`, `wss://` behind TLS) with the same events as JSON
+text messages. It is not listed under the paths: OpenAPI cannot describe WebSocket routes.
+
+Connect with the same query parameters as `/stream`: `types` (reading, alert), `district`, `kind`,
+`device`, `metric` (each repeated or comma-separated) and `heartbeat_s` (1-300, default 15). When
+reads need an API key, send it as `Authorization: Bearer <key>` or `X-API-Key` on the upgrade
+request. A bad filter or a refused key closes the connection with code 1008 and the reason.
+
+Server to client, one JSON object per message, `type` says which:
+
+| type | when | body |
+|---|---|---|
+| `ready` | first message | `{"type": "ready", "broker": "connected" \| "disconnected", "filter": {...}}` |
+| `reading` | a device reported | `{"type": "reading", "device_id", "kind", "district", "time", "seq", "metrics": {name: {"value", "unit"}}}` |
+| `alert` | an alert opened or closed | `{"type": "alert", "state": "open" \| "closed", "rule", "severity", "device_id", "kind", "district", "time", "value", "detail"}` |
+| `missed` | this client fell behind | `{"type": "missed", "missed": n}`: n events were dropped (oldest first) |
+| `heartbeat` | idle for `heartbeat_s` | `{"type": "heartbeat", "time"}` |
+| `subscribed` | after a subscribe message | `{"type": "subscribed", "filter": {...}}` |
+| `pong` | after a ping | `{"type": "pong", "time"}` |
+| `error` | a message it could not use | `{"type": "error", "code", "message"}`; the connection stays open |
+
+Client to server (JSON text):
+
+- `{"action": "subscribe", "types": [...], "district": [...], "kind": [...], "device": [...],
+  "metric": [...]}` replaces the whole filter (a field may be a string or a list; absent = any);
+- `{"action": "ping"}`.
+
+Example: connect to `/ws?district=futian&kind=smart_pole`, receive `ready`, then a `reading` per
+pole report; send `{"action": "subscribe", "types": ["alert"]}` to receive only alerts from then on.
+"""
+OPENAPI_TAG = {"name": "streams", "description": WS_PROTOCOL}
 
 # RFC 6455 section 7.4.1: 1008 policy violation (a bad filter), 1011 unexpected condition.
 _CLOSE_POLICY = 1008
@@ -234,9 +272,7 @@ async def ws_stream(
     metric: MetricParam = None,
     heartbeat_s: HeartbeatParam = DEFAULT_HEARTBEAT_S,
 ) -> None:
-    """JSON text messages with the bodies of /stream's events (``type`` says which); the client may
-    send ``{"action": "subscribe", "district": [...], "kind": [...], "device": [...], "metric": [...],
-    "types": [...]}`` to replace its filter, or ``{"action": "ping"}``."""
+    """The protocol is ``WS_PROTOCOL`` above (published in OpenAPI and docs/api.md)."""
     state = cast(ApiState, websocket.app.state.api)
     try:
         flt = stream_filter(types, district, kind, device, metric)
