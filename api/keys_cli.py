@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -29,7 +30,8 @@ class KeyCommandError(CityNeuronError):
 def add_parser(commands: Any) -> None:
     """Add ``apikey`` and its subcommands to the ``cityneuron`` parser."""
     apikey = commands.add_parser("apikey", help="create, list and revoke API keys")
-    apikey.set_defaults(handler=run)
+    # Run next to `cityneuron up`, it finds the stack's database (cityneuron/localstack.py).
+    apikey.set_defaults(handler=run, local_stack=True)
     sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = sub.add_parser("create", help="create a key and print its token (shown only once)")
     create.add_argument("--name", required=True, help="who or what uses the key")
@@ -39,7 +41,12 @@ def add_parser(commands: Any) -> None:
     revoke = sub.add_parser("revoke", help="revoke a key (API workers drop it within 10 s)")
     revoke.add_argument("key_id")
     for parser in (create, listing, revoke):
-        parser.add_argument("--database-url", dest="database__url", help="postgresql:// URL")
+        parser.add_argument(
+            "--database-url", dest="database__url", help="postgresql:// URL (default: the local stack's)"
+        )
+        parser.add_argument(
+            "--home", dest="stack__home", type=Path, help="local stack's folder (default ./.cityneuron)"
+        )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+from cityneuron import localstack
 from cityneuron.errors import ConfigError
 from cityneuron.provision import (
     API_USER,
@@ -278,6 +279,8 @@ def run_stack(settings: Settings) -> int:
             if provisioned is not None:
                 sim_env["CITYNEURON_SIMULATOR__DEVICE_KEY_FILE"] = str(provisioned.device_key_file)
             children.spawn("simulator", "sim", env=sim_env)
+        # Commands run next to the stack (apikey, load) find it through this file.
+        localstack.write(localstack.describe(settings, postgres.password_file, provisioned))
         print(
             "\nCityNeuron is up\n"
             f"  API        {api_url}  (docs: {api_url}/docs)\n"
