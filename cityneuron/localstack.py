@@ -63,15 +63,23 @@ class LocalStack:
                 "port": self.postgres_port,
                 "role": self.database_role,
                 "name": self.database_name,
-                "password_file": str(self.database_password_file),
+                "password_file": self._relative(self.database_password_file),
             },
             "api": {"url": self.api_url},
             "ingest": {"metrics_url": self.ingest_metrics_url},
             "gateway": None
             if self.gateway_user is None
-            else {"user": self.gateway_user, "password_file": str(self.gateway_password_file)},
-            "device_key_file": None if self.device_key_file is None else str(self.device_key_file),
+            else {"user": self.gateway_user, "password_file": self._relative(self.gateway_password_file)},
+            "device_key_file": None if self.device_key_file is None else self._relative(self.device_key_file),
         }
+
+    def _relative(self, path: Path | None) -> str:
+        """A path inside the home relative to it, so the folder can move (with its checkout)."""
+        assert path is not None
+        try:
+            return str(path.relative_to(self.home))
+        except ValueError:
+            return str(path)
 
 
 def describe(settings: Settings, database_password_file: Path, provisioned: Provisioned | None) -> LocalStack:
@@ -125,12 +133,12 @@ def read(home: Path) -> LocalStack | None:
         postgres_port=int(database["port"]),
         database_role=database["role"],
         database_name=database["name"],
-        database_password_file=Path(database["password_file"]),
+        database_password_file=home / database["password_file"],
         api_url=facts["api"]["url"],
         ingest_metrics_url=facts["ingest"]["metrics_url"],
         gateway_user=None if gateway is None else gateway["user"],
-        gateway_password_file=None if gateway is None else Path(gateway["password_file"]),
-        device_key_file=None if key is None else Path(key),
+        gateway_password_file=None if gateway is None else home / gateway["password_file"],
+        device_key_file=None if key is None else home / key,
     )
 
 
