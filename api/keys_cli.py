@@ -17,8 +17,9 @@ import psycopg
 from api import keys
 from api.db import AsyncConn
 from api.keys import Scope
+from cityneuron import localstack
 from cityneuron.errors import CityNeuronError
-from cityneuron.settings import Settings
+from cityneuron.settings import DatabaseSettings, Settings
 
 _T = TypeVar("_T")
 
@@ -92,7 +93,9 @@ def _with_connection(settings: Settings, work: Callable[[AsyncConn], Awaitable[_
                 db.url, autocommit=True, connect_timeout=max(1, round(db.connect_timeout_s))
             )
         except psycopg.OperationalError as exc:
-            raise KeyCommandError(f"database unreachable: {str(exc).strip().splitlines()[0]}") from exc
+            raise KeyCommandError(
+                f"database unreachable: {str(exc).strip().splitlines()[0]}{_no_stack_hint(settings)}"
+            ) from exc
         async with conn:
             try:
                 return await work(conn)
@@ -100,3 +103,11 @@ def _with_connection(settings: Settings, work: Callable[[AsyncConn], Awaitable[_
                 raise KeyCommandError(f"database error: {str(exc).strip().splitlines()[0]}") from exc
 
     return asyncio.run(main())
+
+
+def _no_stack_hint(settings: Settings) -> str:
+    """Why the default database was tried: no local stack here, and no URL given."""
+    home = settings.stack.home.resolve()
+    if settings.database.url != DatabaseSettings().url or localstack.read(home) is not None:
+        return ""
+    return f" (no local stack in {home}: start one with ./scripts/run.sh, or give --database-url)"

@@ -141,3 +141,19 @@ def test_explicit_settings_win_over_the_stack(tmp_path: Path, monkeypatch: pytes
     env = _settings("load", "--home", home)
     assert env.database.url == given
     assert (env.mqtt.host, env.mqtt.username, env.mqtt.password) == ("broker.example", None, None)
+
+
+def test_apikey_without_a_stack_says_how_to_get_one(tmp_path: Path, process_env: dict[str, str]) -> None:
+    env = {k: v for k, v in process_env.items() if not k.startswith("CITYNEURON_")}
+    env["CITYNEURON_DATABASE__CONNECT_TIMEOUT_S"] = "2"
+    result = subprocess.run(
+        [sys.executable, "-m", "cityneuron", "apikey", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "database unreachable" in result.stderr
+    assert f"no local stack in {tmp_path / '.cityneuron'}: start one with ./scripts/run.sh" in result.stderr
