@@ -191,7 +191,11 @@ def _is_sse_reading(line: str) -> bool:
 
 
 def _json(result: subprocess.CompletedProcess[str], command: str) -> object:
+    """A JSON answer that is not an error (a page such as /docs: any non-empty answer)."""
     assert result.returncode == 0, (command, result.stderr)
+    assert result.stdout.strip(), command
+    if result.stdout.lstrip()[:1] not in ("{", "["):
+        return result.stdout
     body = json.loads(result.stdout)
     assert not (isinstance(body, dict) and "error" in body), (command, body)
     return body
