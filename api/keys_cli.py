@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -16,8 +17,9 @@ import psycopg
 from api import keys
 from api.db import AsyncConn
 from api.keys import Scope
+from cityneuron import localstack
 from cityneuron.errors import CityNeuronError
-from cityneuron.settings import Settings
+from cityneuron.settings import DatabaseSettings, Settings
 
 _T = TypeVar("_T")
 
@@ -29,7 +31,8 @@ class KeyCommandError(CityNeuronError):
 def add_parser(commands: Any) -> None:
     """Add ``apikey`` and its subcommands to the ``cityneuron`` parser."""
     apikey = commands.add_parser("apikey", help="create, list and revoke API keys")
-    apikey.set_defaults(handler=run)
+    # Run next to `cityneuron up`, it finds the stack's database (cityneuron/localstack.py).
+    apikey.set_defaults(handler=run, local_stack=True)
     sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = sub.add_parser("create", help="create a key and print its token (shown only once)")
     create.add_argument("--name", required=True, help="who or what uses the key")
@@ -39,7 +42,12 @@ def add_parser(commands: Any) -> None:
     revoke = sub.add_parser("revoke", help="revoke a key (API workers drop it within 10 s)")
     revoke.add_argument("key_id")
     for parser in (create, listing, revoke):
-        parser.add_argument("--database-url", dest="database__url", help="postgresql:// URL")
+        parser.add_argument(
+            "--database-url", dest="database__url", help="postgresql:// URL (default: the local stack's)"
+        )
+        parser.add_argument(
+            "--home", dest="stack__home", type=Path, help="local stack's folder (default ./.cityneuron)"
+        )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,7 +93,9 @@ def _with_connection(settings: Settings, work: Callable[[AsyncConn], Awaitable[_
                 db.url, autocommit=True, connect_timeout=max(1, round(db.connect_timeout_s))
             )
         except psycopg.OperationalError as exc:
-            raise KeyCommandError(f"database unreachable: {str(exc).strip().splitlines()[0]}") from exc
+            raise KeyCommandError(
+                f"database unreachable: {str(exc).strip().splitlines()[0]}{_no_stack_hint(settings)}"
+            ) from exc
         async with conn:
             try:
                 return await work(conn)
@@ -93,3 +103,11 @@ def _with_connection(settings: Settings, work: Callable[[AsyncConn], Awaitable[_
                 raise KeyCommandError(f"database error: {str(exc).strip().splitlines()[0]}") from exc
 
     return asyncio.run(main())
+
+
+def _no_stack_hint(settings: Settings) -> str:
+    """Why the default database was tried: no local stack here, and no URL given."""
+    home = settings.stack.home.resolve()
+    if settings.database.url != DatabaseSettings().url or localstack.read(home) is not None:
+        return ""
+    return f" (no local stack in {home}: start one with ./scripts/run.sh, or give --database-url)"

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from cityneuron import __version__
 from cityneuron.errors import CityNeuronError
+from cityneuron.localstack import fill_from_stack
 from cityneuron.settings import Settings
 
 log = logging.getLogger("cityneuron.cli")
@@ -112,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by the command line options given."""
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line: ``{section: {field: value}}`` (or a top-level value)."""
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
         if value is None or ("__" not in key and key not in _TOP_LEVEL_SETTINGS):
@@ -123,6 +124,13 @@ def build_settings(args: argparse.Namespace) -> Settings:
             overrides.setdefault(section, {})[field] = value
         else:
             overrides[section] = value
+    return overrides
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the command line options given; a command
+    that runs next to a local stack (``local_stack`` default) takes what is still unset from it."""
+    overrides = _overrides(args)
     base = Settings()
     merged = base.model_dump()
     for section, values in overrides.items():
@@ -130,7 +138,13 @@ def build_settings(args: argparse.Namespace) -> Settings:
             merged[section].update(values)
         else:
             merged[section] = values
-    return Settings.model_validate(merged)
+    settings = Settings.model_validate(merged)
+    if getattr(args, "local_stack", False):
+        given = {k: v for k, v in overrides.items() if isinstance(v, dict)}
+        if getattr(args, "mqtt_url", None):  # `cityneuron load --mqtt-url` names its broker itself
+            given.setdefault("mqtt", {})["url"] = args.mqtt_url
+        settings = fill_from_stack(settings, given)
+    return settings
 
 
 def _configure_logging(level: str) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+from cityneuron import localstack
 from cityneuron.errors import ConfigError
 from cityneuron.provision import (
     API_USER,
@@ -331,6 +332,8 @@ def run_stack(settings: Settings) -> int:
             log.info("waiting until the API lists the city's %d devices", city)
             ready = f"{api_url}/health/ready?min_devices={city}"
             _wait_http_ok(ready, api, "the city's registry", _CITY_TIMEOUT_S)
+        # Commands run next to the stack (apikey, load) find it through this file.
+        localstack.write(localstack.describe(settings, postgres.password_file, provisioned))
         print(
             "\nCityNeuron is up\n"
             f"  API        {api_url}  (docs: {api_url}/docs)\n"

@@ -124,6 +124,9 @@ class DeviceTable:
     serial: NDArray[np.int64]
     id_width: int
     city_row: NDArray[np.int64]
+    # Put before every id: a load test's own devices (simulator/load/namespace.py) are the city's
+    # devices under another name, so they never touch the city's own counters and views.
+    id_namespace: str = ""
 
     def __len__(self) -> int:
         return len(self.district)
@@ -141,7 +144,8 @@ class DeviceTable:
 
     def device_id(self, row: int) -> str:
         slug = DISTRICTS[int(self.district[row])].slug
-        return f"{ID_PREFIX[self.kind.name]}-{slug}-{int(self.number[row]):0{self.id_width}d}"
+        number = int(self.number[row])
+        return f"{self.id_namespace}{ID_PREFIX[self.kind.name]}-{slug}-{number:0{self.id_width}d}"
 
     def device_ids(self) -> list[str]:
         return [self.device_id(row) for row in range(len(self))]

@@ -345,7 +345,7 @@ def test_load_run_in_batch_style_reconciles_to_zero_loss(
     ingest: IngestService,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    status = main(_batch_load_args(settings, 3))
+    status = main(_batch_load_args(settings, 3, "--keep-devices"))  # kept: their counters are read below
     report = _report(capsys)
     assert status == 0, report
     rec = report["reconciliation"]
@@ -363,7 +363,17 @@ def test_load_reconciler_counts_dropped_and_broken_batches(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     status = main(
-        _batch_load_args(settings, 2, "--inject-drop-every", "50", "--inject-malformed-every", "70")
+        # Dropped readings never arrive: the run waits the whole settle timeout for them.
+        _batch_load_args(
+            settings,
+            2,
+            "--inject-drop-every",
+            "50",
+            "--inject-malformed-every",
+            "70",
+            "--settle-timeout",
+            "5",
+        )
     )
     report = _report(capsys)
     assert status == EXIT_FAILED

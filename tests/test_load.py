@@ -32,6 +32,7 @@ from ingest.service import IngestService
 from simulator.city import build_city
 from simulator.load.cli import EXIT_FAILED, mqtt_from_url
 from simulator.load.latency import LatencyHistogram
+from simulator.load.namespace import LOAD_ID_PREFIX, load_city
 from simulator.load.parallel import devices_share
 from simulator.load.payloads import LoadDevices, MessageFactory, Style
 from simulator.load.shapes import LoadProfile, OpenLoopSchedule, Shape, intended_offsets
@@ -192,10 +193,16 @@ def test_reconciliation_detects_dropped_duplicated_and_dead_lettered_messages(
             "70",
             "--inject-malformed-every",
             "130",
+            # Dropped readings never arrive: the run waits the whole settle timeout for them.
+            "--settle-timeout",
+            "5",
         )
     )
     report = _report(capsys)
     assert status == EXIT_FAILED
+    # The verdict names the gate: the rate held, readings were lost.
+    assert set(report["failed_gates"]) == {"loss"}
+    assert report["verdict"].startswith("FAIL (loss: 4 readings missing, 3 dead-lettered")
     injected = report["publish"]["injected"]
     assert injected["dropped"] == 4 and injected["duplicated"] == 5 and injected["malformed"] == 3
     rec = report["reconciliation"]
@@ -218,6 +225,8 @@ def test_unreachable_rate_fails_the_run(
     report = _report(capsys)
     assert report["reconciliation"]["missing"] == 0
     assert status == EXIT_FAILED and report["passed"] is False
+    assert set(report["failed_gates"]) == {"rate"}
+    assert report["verdict"].startswith("FAIL (rate: ") and "below 500%" in report["verdict"]
 
 
 # --- multi-process and reconnect-storm support (no servers) ------------------------------------
@@ -305,7 +314,7 @@ def password_broker() -> Iterator[_PasswordBroker]:
     """A Mosquitto that refuses anonymous clients, provisioned for the load's 50 devices."""
     root = Path(tempfile.mkdtemp(prefix="cityneuron-load-"))
     root.chmod(0o711)  # the broker's own user must be able to enter it
-    devices = LoadDevices(build_city("small", seed=42), limit=50)
+    devices = LoadDevices(load_city("small", 1.0, 42, LOAD_ID_PREFIX), limit=50)
     provisioned = provision(
         root / "mosquitto" / "auth",
         root / "secrets",
@@ -330,7 +339,7 @@ def test_reconnect_storm_drops_a_district_and_loses_nothing_at_qos1(
         database=database,
         ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},  # type: ignore[arg-type]
     )
-    devices = LoadDevices(build_city("small", seed=42), limit=50)
+    devices = LoadDevices(load_city("small", 1.0, 42, LOAD_ID_PREFIX), limit=50)
     district = busiest_district(devices)
     storm_ids = {devices.ids[d] for d in district_devices(devices, district)}
     watcher = Watcher(password_broker.broker.port, DASHBOARD_USER, provisioned.password(DASHBOARD_USER))

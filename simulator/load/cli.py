@@ -9,21 +9,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import psycopg
+
 from cityneuron.catalog import DISTRICTS
 from cityneuron.credentials import read_device_key
 from cityneuron.errors import ConfigError
 from cityneuron.settings import MqttSettings, Settings
-from simulator.city import City, build_city
-from simulator.load import ingest_metrics
+from simulator.city import City
+from simulator.errors import PublishError
+from simulator.load import ingest_metrics, namespace
+from simulator.load.namespace import LOAD_ID_PREFIX, load_city
 from simulator.load.parallel import LoadJob, publish_in_processes
 from simulator.load.payloads import LoadDevices, Style
 from simulator.load.publish import Injections, Progress, PublishResult, StormSetup, publish_load
-from simulator.load.reconcile import duplicates_snapshot, reconcile
+from simulator.load.reconcile import ReconcileError, duplicates_snapshot, reconcile
 from simulator.load.report import LoadReport
 from simulator.load.shapes import LoadProfile, Shape
 from simulator.load.storm import StormPlan, busiest_district, delayed_latency
 
+# Exit statuses (docs/load.md): 0 passed; 1 another error (a message says which); 2 invalid
+# options; 3 the run failed a gate (rate, loss, errors, storm); 4 the broker or the database
+# could not be reached (nothing was measured).
 EXIT_FAILED = 3
+EXIT_UNREACHABLE = 4
 
 
 def add_parser(commands: Any) -> None:
@@ -75,13 +83,29 @@ def add_parser(commands: Any) -> None:
         help="ingest /metrics URL (repeat per ingest process): add the ingest's own lag histogram",
     )
     load.add_argument("--devices", type=int, help="use only this many of the city's devices")
+    load.add_argument(
+        "--id-prefix",
+        default=LOAD_ID_PREFIX,
+        help="the load's own device ids: this prefix + a city device's id ('' reuses the city's ids:"
+        " only against a platform without the simulator running)",
+    )
+    load.add_argument(
+        "--keep-devices",
+        action="store_true",
+        help="keep the load's devices and their rows after the run (default: removed once reconciled)",
+    )
     load.add_argument("--preset", dest="simulator__preset", choices=["small", "district"])
     load.add_argument("--seed", dest="simulator__seed", type=int)
     load.add_argument("--mqtt-url", help="mqtt://user:pass@host:port or mqtts://... (TLS)")
     load.add_argument("--tls-ca", type=str, help="CA file to verify the broker (mqtts)")
     load.add_argument("--database-url", dest="database__url", help="postgresql:// URL to reconcile against")
     load.add_argument("--no-reconcile", action="store_true", help="stop at the broker (no database check)")
-    load.add_argument("--settle-timeout", type=float, default=60.0, help="seconds to wait for the ingest")
+    load.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=60.0,
+        help="after publishing, wait up to this many seconds for the ingest to store everything",
+    )
     load.add_argument(
         "--min-rate-fraction", type=float, default=0.95, help="fail below this fraction of the target rate"
     )
@@ -89,7 +113,11 @@ def add_parser(commands: Any) -> None:
     load.add_argument("--inject-duplicate-every", type=int, default=0, help="self-test: resend every n-th")
     load.add_argument("--inject-malformed-every", type=int, default=0, help="self-test: corrupt every n-th")
     load.add_argument("--json", action="store_true", help="print the report as JSON")
-    load.set_defaults(handler=run_command)
+    load.add_argument(
+        "--home", dest="stack__home", type=Path, help="local stack's folder (default ./.cityneuron)"
+    )
+    # Without --mqtt-url / --database-url it uses the local stack's (cityneuron/localstack.py).
+    load.set_defaults(handler=run_command, local_stack=True)
 
 
 def mqtt_from_url(url: str, base: MqttSettings, tls_ca: str | None) -> MqttSettings:
@@ -129,6 +157,17 @@ def _progress_printer(target_rate: float) -> Any:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run the load, reconcile, print the report; exit 0 only when nothing was lost and the rate held."""
+    try:
+        return _run(args, settings)
+    except (PublishError, ReconcileError, namespace.NamespaceError) as exc:
+        if not isinstance(exc, PublishError) and not isinstance(exc.__cause__, psycopg.OperationalError):
+            raise  # a database that answers but refuses (no schema, ...): status 1 with its message
+        # One line, whatever the driver's message looked like (psycopg's span several).
+        print(f"cityneuron load: cannot connect: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.rate <= 0 or args.duration <= 0 or args.connections < 1 or args.processes < 1:
         raise ConfigError("--rate, --duration, --connections and --processes must be positive")
     mqtt = mqtt_from_url(args.mqtt_url, settings.mqtt, args.tls_ca) if args.mqtt_url else settings.mqtt
@@ -144,10 +183,14 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     options = settings.simulator
-    city = build_city(options.preset, options.scale, options.seed)
+    city = load_city(options.preset, options.scale, options.seed, args.id_prefix)
     devices = LoadDevices(city, args.devices)
     storm = _storm_plan(args, settings, devices, profile) if profile.shape is Shape.RECONNECT_STORM else None
     reconcile_db = not args.no_reconcile
+    # The city's own ids ('' prefix) are the city's: never registered or removed by the load.
+    own_devices = reconcile_db and bool(args.id_prefix)
+    if own_devices:
+        namespace.register(settings.database.url, devices)
     duplicates_before = duplicates_snapshot(settings.database.url, devices) if reconcile_db else 0
     lag_before = ingest_metrics.scrape(args.ingest_metrics) if args.ingest_metrics else {}
     job = LoadJob(
@@ -164,6 +207,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         Injections(args.inject_drop_every, args.inject_duplicate_every, args.inject_malformed_every),
         storm,
         args.processes,
+        args.id_prefix,
     )
     published = _publish(job, city, devices, None if args.json else _progress_printer(args.rate))
     if not args.json and sys.stderr.isatty():
@@ -186,7 +230,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.ingest_metrics:
         ingest_lag = ingest_metrics.run_delta(lag_before, ingest_metrics.scrape(args.ingest_metrics))
     report = LoadReport(profile, args.qos, published, reconciliation, args.min_rate_fraction, ingest_lag)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table(), flush=True)
+    if own_devices and not args.keep_devices:
+        namespace.remove(settings.database.url, devices)
     return 0 if report.passed else EXIT_FAILED
 
 

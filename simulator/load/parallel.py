@@ -26,9 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cityneuron.settings import MqttSettings
-from simulator.city import build_city
-from simulator.errors import SimulatorError
+from simulator.errors import PublishError, SimulatorError
 from simulator.load.latency import LatencyHistogram
+from simulator.load.namespace import load_city
 from simulator.load.payloads import LoadDevices, Style
 from simulator.load.publish import Injections, Progress, PublishResult, StormSetup, publish_load
 from simulator.load.shapes import LoadProfile
@@ -61,6 +61,7 @@ class LoadJob:
     injections: Injections
     storm: StormPlan | None
     processes: int
+    id_prefix: str = ""  # the load's own devices (simulator/load/namespace.py)
 
 
 def devices_share(devices: LoadDevices, part: int, parts: int) -> tuple[LoadDevices, NDArray[np.int64]]:
@@ -127,6 +128,8 @@ def _collect(
                     f"publishing process {dead[0]} died (exit code {workers[dead[0]].exitcode})"
                 ) from None
             continue
+        if kind == "unreachable":
+            raise PublishError(f"publishing process {part}: {payload}")
         if kind == "error":
             raise LoadProcessError(f"publishing process {part} failed: {payload}")
         if kind == "ready":
@@ -160,7 +163,7 @@ def _worker(job: LoadJob, part: int, events: Any, go: ProcessEvent, stop: Proces
     """One publishing process: its share of the devices and of the schedule."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s load[{part}] %(levelname)s %(message)s")
     try:
-        city = build_city(job.preset, job.scale, job.seed)
+        city = load_city(job.preset, job.scale, job.seed, job.id_prefix)
         devices, indices = devices_share(LoadDevices(city, job.device_limit), part, job.processes)
         storm = None
         if job.storm is not None and district_devices(devices, job.storm.district):
@@ -190,6 +193,8 @@ def _worker(job: LoadJob, part: int, events: Any, go: ProcessEvent, stop: Proces
             ready=ready,
         )
         events.put(("done", part, _outcome(result, indices)))
+    except PublishError as exc:  # the broker cannot be reached: the parent exits with its status
+        events.put(("unreachable", part, str(exc)))
     except BaseException as exc:  # reported to the parent, which fails the run
         events.put(("error", part, f"{type(exc).__name__}: {exc}"))
 

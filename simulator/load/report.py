@@ -46,17 +46,45 @@ class LoadReport:
         return self.reconciliation.missing + self.reconciliation.dead_lettered
 
     @property
-    def passed(self) -> bool:
-        rate_ok = self.achieved_fraction >= self.min_rate_fraction
+    def failed_gates(self) -> dict[str, str]:
+        """Each gate the run failed (rate, loss, errors, storm) and why; empty when it passed."""
+        failed: dict[str, str] = {}
+        if self.achieved_fraction < self.min_rate_fraction:
+            failed["rate"] = (
+                f"{self.achieved_fraction:.1%} of the schedule sent, below {self.min_rate_fraction:.0%}"
+            )
+        if self.lost:
+            r = self.reconciliation
+            assert r is not None  # lost > 0 only with a reconciliation
+            failed["loss"] = f"{r.missing} readings missing, {r.dead_lettered} dead-lettered"
+        if self.published.errors:
+            failed["errors"] = f"{self.published.errors} publish errors"
         storm = self.published.storm
-        storm_ok = storm is None or storm.reconnected == storm.dropped
-        return rate_ok and storm_ok and self.lost == 0 and self.published.errors == 0
+        if storm is not None and storm.reconnected != storm.dropped:
+            failed["storm"] = (
+                f"{storm.dropped - storm.reconnected} of {storm.dropped} dropped devices not back"
+            )
+        return failed
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_gates
+
+    @property
+    def verdict(self) -> str:
+        """``PASS``, or ``FAIL`` with each failed gate: ``FAIL (rate: ...; loss: ...)``."""
+        failed = self.failed_gates
+        if not failed:
+            return "PASS"
+        return "FAIL (" + "; ".join(f"{gate}: {why}" for gate, why in failed.items()) + ")"
 
     def as_dict(self) -> dict[str, Any]:
         p = self.published
         r = self.reconciliation
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
+            "failed_gates": self.failed_gates,
             "profile": {
                 "shape": str(self.profile.shape),
                 "rate_per_s": self.profile.rate_per_s,
@@ -108,7 +136,7 @@ class LoadReport:
         d = self.as_dict()
         pub = d["publish"]
         rows = [
-            ("verdict", "PASS" if self.passed else "FAIL"),
+            ("verdict", self.verdict),
             (
                 "shape / target",
                 f"{d['profile']['shape']} {self.profile.rate_per_s:g} msg/s for {self.profile.duration_s:g} s, QoS {self.qos}",
