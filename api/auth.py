@@ -46,7 +46,8 @@ _HEADER = "ApiKeyHeader"
 
 def required_scope(method: str, path: str, read_requires_key: bool) -> Scope | None:
     """The scope a request needs, or None when it is open."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path == "/" or path.startswith("/screen"):
+        # The screen's own files are public; the data it asks for follows the policy.
         return None
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         return Scope.ADMIN
