@@ -280,6 +280,7 @@ def run_stack(settings: Settings) -> int:
             children.spawn("simulator", "sim", env=sim_env)
         print(
             "\nCityNeuron is up\n"
+            f"  Screen     {api_url}/screen/  (the city on one page: open it in a browser)\n"
             f"  API        {api_url}  (docs: {api_url}/docs)\n"
             f"{_broker_banner(settings, broker, provisioned)}"
             f"  PostgreSQL {postgres.url.split('@')[0].rsplit(':', 1)[0]}:***@127.0.0.1:"

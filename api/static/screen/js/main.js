@@ -59,6 +59,7 @@ async function main() {
   kindSelect.onchange = () => {
     const i = data.store.kinds.indexOf(kindSelect.value);
     map.setKindFilter(kindSelect.value && i >= 0 ? i : null);
+    feed.setKind(kindSelect.value);
   };
   $("layer").onchange = (e) => {
     state.layer = e.target.value;

@@ -14,6 +14,8 @@ export class LiveFeed {
     this.onDevice = onDevice;
     this.items = [];
     this.received = 0;
+    // Only readings of this kind (the map's kind filter), or all when null.
+    this.kind = null;
     this.timer = null;
     this.root.innerHTML = `<div class="muted">${t("feed_waiting")}</div>`;
     this.root.addEventListener("click", (e) => {
@@ -24,9 +26,16 @@ export class LiveFeed {
 
   add(reading) {
     this.received++;
+    if (this.kind && reading.kind !== this.kind) return;
     this.items.unshift(reading);
     if (this.items.length > KEEP) this.items.length = KEEP;
     if (!this.timer) this.timer = setTimeout(() => this.render(), REDRAW_MS);
+  }
+
+  setKind(kind) {
+    this.kind = kind || null;
+    this.items = this.items.filter((r) => !this.kind || r.kind === this.kind);
+    this.render();
   }
 
   render() {
