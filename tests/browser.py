@@ -51,7 +51,11 @@ class Browser:
         return self.events
 
     def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.network() if e["method"] == "Network.requestWillBeSent"]
+        return [
+            e["params"]["request"]["url"]
+            for e in self.network()
+            if e["method"] == "Network.requestWillBeSent"
+        ]
 
     def responses(self) -> list[dict[str, Any]]:
         return [e["params"]["response"] for e in self.network() if e["method"] == "Network.responseReceived"]
@@ -66,7 +70,12 @@ def chromium(width: int = 1600, height: int = 1000, lang: str = "zh-CN") -> Iter
     profile = tempfile.mkdtemp(prefix="cityneuron-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = browser_path
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--lang={lang}"):
+    for flag in (
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        f"--lang={lang}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     # Selenium Manager must not look for drivers or browsers online.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterator
 
 import httpx
@@ -72,14 +71,21 @@ def test_positions_are_columns_with_an_etag(client: httpx.Client, database: Data
     assert body["id"] == ["aq-c", "pole-a", "pole-b", "wm-d"]
     assert (body["count"], body["unplaced"], body["scale"]) == (4, 1, 100_000)
     assert body["lat"][1] == 2_254_123 and body["lon"][1] == 11_405_511
-    assert [body["kinds"][k] for k in body["kind"]] == ["air_station", "smart_pole", "smart_pole", "water_meter"]
+    assert [body["kinds"][k] for k in body["kind"]] == [
+        "air_station",
+        "smart_pole",
+        "smart_pole",
+        "water_meter",
+    ]
     assert [body["districts"][d] for d in body["district"]] == ["futian", "futian", "nanshan", "baoan"]
     etag = response.headers["etag"]
     assert client.get("/map/positions", headers={"If-None-Match": etag}).status_code == 304
     only = client.get("/map/positions", params={"kind": "smart_pole", "bbox": "113.9,22.5,114.0,22.6"}).json()
     assert only["id"] == ["pole-b"]
     with psycopg.connect(database.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO devices (device_id, kind, district, lat, lon) VALUES ('pole-z', 'smart_pole', 'luohu', 22.5, 114.1)")
+        conn.execute(
+            "INSERT INTO devices (device_id, kind, district, lat, lon) VALUES ('pole-z', 'smart_pole', 'luohu', 22.5, 114.1)"
+        )
     changed = client.get("/map/positions", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and "pole-z" in changed.json()["id"]
 
@@ -110,9 +116,12 @@ def test_states_reset_then_only_changes(client: httpx.Client, database: Database
     version = body["version"]
     unchanged = client.get("/map/states", params={"since": version})
     assert unchanged.json() == {**body, "reset": False, "ids": [], "status": []}
-    assert client.get(
-        "/map/states", params={"since": version}, headers={"If-None-Match": unchanged.headers["etag"]}
-    ).status_code == 304
+    assert (
+        client.get(
+            "/map/states", params={"since": version}, headers={"If-None-Match": unchanged.headers["etag"]}
+        ).status_code
+        == 304
+    )
     with psycopg.connect(database.url, autocommit=True) as conn:
         conn.execute("UPDATE devices SET online = true, last_seen_at = now() WHERE device_id = 'pole-b'")
         conn.execute("UPDATE devices SET online = false WHERE device_id = 'pole-a'")
@@ -150,7 +159,9 @@ def test_density_counts_in_the_database(client: httpx.Client, database: Database
     _seed(database.url)
     body = client.get("/map/density", params={"cell_deg": 0.1}).json()
     assert body["devices"] == 4 and sum(body["n"]) == 4
-    cells = {(x, y): (n, down) for x, y, n, down in zip(body["x"], body["y"], body["n"], body["down"], strict=True)}
+    cells = {
+        (x, y): (n, down) for x, y, n, down in zip(body["x"], body["y"], body["n"], body["down"], strict=True)
+    }
     # pole-a and aq-c (silent) share Futian's cell; pole-b (offline) is in Nanshan's.
     assert cells[(1140, 225)] == (2, 1)
     assert cells[(1139, 225)] == (1, 1)

@@ -52,7 +52,13 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 def page(stack: Stack, api: httpx.Client) -> Iterator[Browser]:
     with chromium() as browser:
         browser.driver.get(f"{stack.api}/screen/?lang=en")
-        _wait(lambda: browser.js("return window.cityScreen && (window.cityScreen.ready || window.cityScreen.errors.length > 0)"), 30, "the screen")
+        _wait(
+            lambda: browser.js(
+                "return window.cityScreen && (window.cityScreen.ready || window.cityScreen.errors.length > 0)"
+            ),
+            30,
+            "the screen",
+        )
         assert browser.js("return window.cityScreen.errors") == []
         yield browser
 
@@ -84,6 +90,7 @@ def test_district_fill_is_the_api_aqi_colour(page: Browser, api: httpx.Client) -
     aqi = {d["district"]: d for d in api.get("/city/aqi/districts").json()["items"]}
     with_aqi = [slug for slug, d in aqi.items() if d["colour"] is not None]
     assert with_aqi, "no district has an AQI yet"
+
     # The map polls the overview every 10 s: wait for its fills to match the API's categories.
     def fills_match() -> bool:
         fills = page.js("return window.cityScreen.map.fills")
@@ -91,7 +98,9 @@ def test_district_fill_is_the_api_aqi_colour(page: Browser, api: httpx.Client) -
 
     _wait(fills_match, 30, "district fills equal to the AQI category colours")
     slug = with_aqi[0]
-    chip = page.js(f"return document.querySelector('#aqi-panel .chip[data-district=\"{slug}\"]').dataset.colour")
+    chip = page.js(
+        f"return document.querySelector('#aqi-panel .chip[data-district=\"{slug}\"]').dataset.colour"
+    )
     assert chip == aqi[slug]["colour"]
     # The pixel at the district's label point is its colour blended over the map background.
     sample = page.js(
@@ -120,22 +129,30 @@ def test_a_published_reading_reaches_the_live_feed(page: Browser, stack: Stack) 
     )
     seq = 987_654
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"screen-test-{seq}")
-    client.username_pw_set(device, device_password(read_device_key(stack.home / "secrets" / "device.key"), device))
+    client.username_pw_set(
+        device, device_password(read_device_key(stack.home / "secrets" / "device.key"), device)
+    )
     port = int(stack.banner.split("mqtt://127.0.0.1:")[1].split()[0])
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        payload = contract.encode_reading(contract.now_ms(), {"total_m3": 1234.5, "battery_v": 3.456}, seq=seq)
+        payload = contract.encode_reading(
+            contract.now_ms(), {"total_m3": 1234.5, "battery_v": 3.456}, seq=seq
+        )
         client.publish(contract.device_topic(district, kind, device), payload, qos=1).wait_for_publish(10)
         _wait(
-            lambda: page.js(f"return !!document.querySelector('#feed-panel .feed-item[data-device=\"{device}\"][data-seq=\"{seq}\"]')"),
+            lambda: page.js(
+                f'return !!document.querySelector(\'#feed-panel .feed-item[data-device="{device}"][data-seq="{seq}"]\')'
+            ),
             15,
             "the reading in the live feed",
         )
     finally:
         client.loop_stop()
         client.disconnect()
-    page.js("const s = document.getElementById('kind-filter'); s.value = ''; s.dispatchEvent(new Event('change'));")
+    page.js(
+        "const s = document.getElementById('kind-filter'); s.value = ''; s.dispatchEvent(new Event('change'));"
+    )
 
 
 def test_a_command_from_the_device_panel_is_acked(page: Browser, api: httpx.Client, stack: Stack) -> None:
@@ -145,17 +162,29 @@ def test_a_command_from_the_device_panel_is_acked(page: Browser, api: httpx.Clie
         " document.getElementById('search').requestSubmit();",
         device,
     )
-    _wait(lambda: page.js("return !!document.querySelector('#device-panel #cmd-lamp')"), 15, "the device panel")
+    _wait(
+        lambda: page.js("return !!document.querySelector('#device-panel #cmd-lamp')"), 15, "the device panel"
+    )
     # Latest values carry units and times; the chart drew its points.
-    _wait(lambda: page.js("return document.querySelectorAll('#dp-latest tr[data-metric]').length > 3"), 15, "latest values")
-    _wait(lambda: page.js("return Number(document.getElementById('dp-chart').dataset.points || 0) > 0"), 20, "the chart")
+    _wait(
+        lambda: page.js("return document.querySelectorAll('#dp-latest tr[data-metric]').length > 3"),
+        15,
+        "latest values",
+    )
+    _wait(
+        lambda: page.js("return Number(document.getElementById('dp-chart').dataset.points || 0) > 0"),
+        20,
+        "the chart",
+    )
     page.js(
         "const k = document.getElementById('cmd-key'); k.value = arguments[0]; k.dispatchEvent(new Event('change'));"
         " document.getElementById('cmd-level').value = '35'; document.getElementById('cmd-lamp').click();",
         stack.admin_token,
     )
     state = _wait(
-        lambda: page.js("const s = document.querySelector('#cmd-log .cmd-state'); return s && s.dataset.state !== 'pending' && s.dataset.state"),
+        lambda: page.js(
+            "const s = document.querySelector('#cmd-log .cmd-state'); return s && s.dataset.state !== 'pending' && s.dataset.state"
+        ),
         30,
         "the command to leave pending",
     )
@@ -169,9 +198,7 @@ def test_a_command_from_the_device_panel_is_acked(page: Browser, api: httpx.Clie
 
 def test_an_unchanged_refresh_is_a_304(page: Browser) -> None:
     def states_304() -> bool:
-        return any(
-            "/map/states" in r["url"] and r["status"] == 304 for r in page.responses()
-        )
+        return any("/map/states" in r["url"] and r["status"] == 304 for r in page.responses())
 
     # The states poll runs every 5 s; a live city keeps every device online, so it stays 304.
     _wait(states_304, 30, "a 304 answer to the states poll", every_s=1)

@@ -76,7 +76,9 @@ def _answer(request: Request, view: RenderedView) -> Response:
     responses=NOT_MODIFIED,
     summary="Every device's id, kind, district and position as columns (fetch once)",
 )
-async def positions(request: Request, state: State, kind: KindParam = None, bbox: BboxParam = None) -> Response:
+async def positions(
+    request: Request, state: State, kind: KindParam = None, bbox: BboxParam = None
+) -> Response:
     """Columns in device id order. Sends an ETag that moves only when the registry changes; more
     than 1,000,000 devices is a 400 (use ``bbox`` or /map/density)."""
     where = _filter(kind, bbox)
@@ -133,7 +135,8 @@ async def states(
     request: Request,
     state: State,
     since: Annotated[
-        int | None, Query(ge=0, description="version of the previous answer; omit for every device not online")
+        int | None,
+        Query(ge=0, description="version of the previous answer; omit for every device not online"),
     ] = None,
 ) -> Response:
     """First call without ``since``: every device that is not online (the others are). Then pass the
