@@ -166,3 +166,10 @@ def test_density_counts_in_the_database(client: httpx.Client, database: Database
     assert cells[(1140, 225)] == (2, 1)
     assert cells[(1139, 225)] == (1, 1)
     assert client.get("/map/density", params={"cell_deg": 0.0001}).status_code == 422
+
+
+def test_positions_refuse_more_than_max(client: httpx.Client, database: DatabaseSettings) -> None:
+    _seed(database.url)
+    refused = client.get("/map/positions", params={"max": 3})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "too_many_devices"
+    assert client.get("/map/positions", params={"max": 4}).json()["count"] == 4

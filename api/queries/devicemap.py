@@ -78,6 +78,15 @@ async def positions(conn: AsyncConn, where: MapFilter, limit: int) -> PositionCo
     params: dict[str, Any] = {"kinds": KIND_NAMES, "districts": DISTRICT_SLUGS, "limit": limit + 1}
     conditions = where.conditions(params)
     placed = _where([*conditions, sql.SQL("d.lat IS NOT NULL AND d.lon IS NOT NULL")])
+    # Count first (stopping at limit + 1): a refusal must not cost building a city's worth of JSON.
+    count_query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM devices d{placed} LIMIT %(limit)s) s").format(
+        placed=placed
+    )
+    cur = await conn.execute(count_query, params)
+    counted = await cur.fetchone()
+    assert counted is not None
+    if counted[0] > limit:
+        return None
     query = sql.SQL(
         "SELECT count(*),"
         " coalesce(json_agg(device_id)::text, '[]'),"

@@ -77,22 +77,36 @@ def _answer(request: Request, view: RenderedView) -> Response:
     summary="Every device's id, kind, district and position as columns (fetch once)",
 )
 async def positions(
-    request: Request, state: State, kind: KindParam = None, bbox: BboxParam = None
+    request: Request,
+    state: State,
+    kind: KindParam = None,
+    bbox: BboxParam = None,
+    max_devices: Annotated[
+        int,
+        Query(
+            alias="max",
+            ge=1,
+            le=MAX_POSITIONS,
+            description="answer 400 too_many_devices instead when more devices than this match",
+        ),
+    ] = MAX_POSITIONS,
 ) -> Response:
-    """Columns in device id order. Sends an ETag that moves only when the registry changes; more
-    than 1,000,000 devices is a 400 (use ``bbox`` or /map/density)."""
+    """Columns in device id order. Sends an ETag that moves only when the registry changes. More
+    than ``max`` (at most 1,000,000) devices is a 400 (narrow with ``bbox`` or use /map/density)."""
     where = _filter(kind, bbox)
-    view = await state.views.get(("map-positions", kind, bbox), lambda: _render_positions(state, where))
+    view = await state.views.get(
+        ("map-positions", kind, bbox, max_devices), lambda: _render_positions(state, where, max_devices)
+    )
     return _answer(request, view)
 
 
-async def _render_positions(state: ApiState, where: queries.MapFilter) -> RenderedView:
+async def _render_positions(state: ApiState, where: queries.MapFilter, limit: int) -> RenderedView:
     async with state_connection(state) as conn:
         _, registry = await queries.registry_tag(conn)
-        columns = await queries.positions(conn, where, MAX_POSITIONS)
+        columns = await queries.positions(conn, where, limit)
     if columns is None:
         raise BadRequest(
-            f"more than {MAX_POSITIONS} devices match: narrow with bbox or kind, or use /map/density",
+            f"more than {limit} devices match: narrow with bbox or kind, or use /map/density",
             code="too_many_devices",
         )
     head = dumps(

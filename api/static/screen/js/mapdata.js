@@ -45,25 +45,29 @@ export class MapData {
     this.bboxKey = null;
   }
 
-  async start(total) {
+  // `positions`: an answer to /map/positions already fetched (null when it was refused as too big).
+  // `states`: a first /map/states answer fetched alongside.
+  async start(total, positions, states) {
     this.total = total;
     if (total <= MAX_DRAWN) {
       this.mode = "devices";
-      await this.loadPositions();
+      await this.loadPositions(null, positions, states);
     } else {
       this.mode = "density";
       await this.loadDensity();
     }
   }
 
-  async loadPositions(bbox) {
-    const { body } = await getJSON("/map/positions", bbox ? { bbox: bbox.map((v) => v.toFixed(4)).join(",") } : {});
+  async loadPositions(bbox, fetched, states) {
+    const params = { max: MAX_DRAWN, ...(bbox ? { bbox: bbox.map((v) => v.toFixed(4)).join(",") } : {}) };
+    const body = fetched || (await getJSON("/map/positions", params)).body;
     this.store.load(body);
     if (!this.map.regions.length || !bbox) {
       const points = outlinePoints(this.store.x, this.store.y, this.store.count);
       this.map.setRegions(districtRegions(this.catalog.districts, points));
     }
-    await this.pollStates();
+    if (states && states.registry === this.store.registry) this.store.applyStates(states);
+    else await this.pollStates();
     this.map.setDevices(this.store);
   }
 
