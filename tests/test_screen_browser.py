@@ -6,8 +6,10 @@ and the last one checks every request the page made went to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,21 +24,30 @@ from cityneuron import contract
 from cityneuron.credentials import device_password, read_device_key
 
 
-def _wait(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.25) -> Any:
+def _wait(
+    predicate: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    every_s: float = 0.25,
+    on_timeout: Callable[[], Any] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    seen = f" (saw {on_timeout()})" if on_timeout is not None else ""
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{seen}")
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    # --speed 60: the simulator catches up the last 24 h first, so air stations have hourly
-    # values and districts an AQI within seconds.
-    with running_stack("--speed", "60") as running:
+    # The simulator starts 70 simulated minutes ago at 60x and then keeps pace with the clock:
+    # within about a minute every air station has an hourly value (so districts have an AQI),
+    # and from then on the city runs in real time (tens of readings a second, not hundreds).
+    start = (datetime.now(tz=UTC) - timedelta(minutes=70)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with running_stack("--speed", "60", "--start", start) as running:
         yield running
 
 
@@ -119,13 +130,18 @@ def test_district_fill_is_the_api_aqi_colour(page: Browser, api: httpx.Client) -
 
 
 def test_a_published_reading_reaches_the_live_feed(page: Browser, stack: Stack) -> None:
-    device, district, kind = "gas-luohu-00001", "luohu", "gas_meter"
-    # Only gas meters in the feed (the map's kind filter applies to it): they report daily, so
-    # ours stays in view.
+    device, district, kind = "wq-luohu-00001", "luohu", "water_quality_station"
+    # Only water-quality stations in the feed (the map's kind filter applies to it and to the
+    # readings stream): ten stations analysing every 4 h, so ours stays in view.
     page.js(
         "const s = document.getElementById('kind-filter'); s.value = arguments[0];"
         " s.dispatchEvent(new Event('change'));",
         kind,
+    )
+    _wait(
+        lambda: page.js("return window.cityScreen.live.following") == kind,
+        15,
+        "the readings stream of that kind",
     )
     seq = 987_654
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"screen-test-{seq}")
@@ -133,19 +149,23 @@ def test_a_published_reading_reaches_the_live_feed(page: Browser, stack: Stack) 
         device, device_password(read_device_key(stack.home / "secrets" / "device.key"), device)
     )
     port = int(stack.banner.split("mqtt://127.0.0.1:")[1].split()[0])
+    connected = threading.Event()
+    client.on_connect = lambda _c, _u, _f, reason, _p: reason.is_failure or connected.set()
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        payload = contract.encode_reading(
-            contract.now_ms(), {"total_m3": 1234.5, "battery_v": 3.456}, seq=seq
-        )
+        assert connected.wait(10), "the device could not connect"
+        payload = contract.encode_reading(contract.now_ms(), {"ph": 7.25, "do_mgl": 6.5}, seq=seq)
         client.publish(contract.device_topic(district, kind, device), payload, qos=1).wait_for_publish(10)
         _wait(
             lambda: page.js(
                 f'return !!document.querySelector(\'#feed-panel .feed-item[data-device="{device}"][data-seq="{seq}"]\')'
             ),
-            15,
+            30,
             "the reading in the live feed",
+            on_timeout=lambda: page.js(
+                "const f = window.cityScreen.feed; return JSON.stringify([f.received, f.kind, f.items.slice(0, 3)])"
+            ),
         )
     finally:
         client.loop_stop()

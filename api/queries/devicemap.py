@@ -53,12 +53,14 @@ def _where(conditions: list[sql.Composable]) -> sql.Composable:
 
 
 async def registry_tag(conn: AsyncConn) -> tuple[int, str]:
-    """(devices, tag): the tag moves when a device is registered or re-registered."""
-    cur = await conn.execute("SELECT count(*), max(registered_at) FROM devices")
+    """(devices, tag): the tag moves when a device is registered or moved (its position set or
+    changed: the sum of the coordinates changes with it, bar a coincidence to the last bit)."""
+    cur = await conn.execute("SELECT count(*), max(registered_at), count(lat), sum(lat + lon) FROM devices")
     row = await cur.fetchone()
     assert row is not None
     count = int(row[0])
-    return count, f"{count}-{row[1].timestamp() if row[1] is not None else 0:.6f}"
+    registered = row[1].timestamp() if row[1] is not None else 0
+    return count, f"{count}-{registered:.6f}-{row[2]}-{float(row[3] or 0):.6f}"
 
 
 @dataclass(frozen=True, slots=True)

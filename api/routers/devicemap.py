@@ -24,7 +24,7 @@ from api.queries import devicemap as queries
 from api.routers import ERRORS
 from api.routers.devices import _bbox
 from api.state import ApiState
-from api.viewcache import RenderedView
+from api.viewcache import FingerprintCache, RenderedView
 
 router = APIRouter(prefix="/map", tags=["map"], responses=ERRORS)
 
@@ -36,6 +36,9 @@ _GZIP_MIN_BYTES = 1024
 _GZIP_LEVEL = 5
 _gzipped: OrderedDict[str, bytes] = OrderedDict()
 _GZIP_KEEP = 16
+# Rendered positions by filter, kept while the registry tag stands: building 100 k positions
+# costs about a second, checking the tag a few milliseconds.
+_positions = FingerprintCache(max_entries=16)
 
 KindParam = Annotated[str | None, Query(description="only this device kind", examples=["smart_pole"])]
 BboxParam = Annotated[
@@ -103,6 +106,10 @@ async def positions(
 async def _render_positions(state: ApiState, where: queries.MapFilter, limit: int) -> RenderedView:
     async with state_connection(state) as conn:
         _, registry = await queries.registry_tag(conn)
+        key = ("positions", where, limit)
+        cached = _positions.get(key, registry)
+        if cached is not None:
+            return RenderedView(cached, make_etag("positions", registry, where))
         columns = await queries.positions(conn, where, limit)
     if columns is None:
         raise BadRequest(
@@ -135,6 +142,7 @@ async def _render_positions(state: ApiState, where: queries.MapFilter, limit: in
             b"}",
         )
     )
+    _positions.put(key, registry, body)
     # The registry tag alone would do for the unfiltered city; the filter is part of the resource.
     return RenderedView(body, make_etag("positions", registry, where))
 

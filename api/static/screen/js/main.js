@@ -137,16 +137,20 @@ async function main() {
   performance.mark("map-drawn");
   updateNote();
 
-  new Poller("overview", OVERVIEW_POLL_MS, pollOverview).start();
-  new Poller("states", STATES_POLL_MS, async () => {
-    if (await data.pollStates()) map.request();
-    updateNote();
-  }).start();
+  probe.pollers = {
+    overview: new Poller("overview", OVERVIEW_POLL_MS, pollOverview),
+    states: new Poller("states", STATES_POLL_MS, async () => {
+      if (await data.pollStates()) map.request();
+      updateNote();
+    }),
+  };
+  probe.pollers.overview.start();
+  probe.pollers.states.start();
   new Poller("water", WATER_POLL_MS, pollWater).start();
   await loadAlerts().catch((e) => console.warn(e));
 
   const pill = $("live-status");
-  new LiveStream({
+  const live = new LiveStream({
     onReading: (r) => {
       feed.add(r);
       const i = data.store.index.get(r.device_id);
@@ -160,7 +164,10 @@ async function main() {
       pill.textContent = t(`live_${s}`);
     },
     onReconnect: () => loadAlerts().catch((e) => console.warn(e)),
-  }).open();
+  });
+  probe.live = live;
+  live.open(kindSelect.value);
+  kindSelect.addEventListener("change", () => live.follow(kindSelect.value));
 
   setInterval(() => {
     $("clock").textContent = new Date().toLocaleString(lang() === "zh" ? "zh-CN" : "en-GB", { hour12: false });

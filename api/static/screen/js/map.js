@@ -9,6 +9,12 @@ import { districtName } from "./i18n.js";
 // Problems drawn last, on top of the healthy majority.
 const DRAW_ORDER = ["online", "unknown", "silent", "offline"].map((s) => STATUS_ORDER.indexOf(s));
 const FLASH_MS = 1600;
+
+// "#rrggbb" as one pixel of a little-endian RGBA Uint32Array (alpha 255).
+function rgba32(hex) {
+  const r = parseInt(hex.slice(1, 3), 16), g = parseInt(hex.slice(3, 5), 16), b = parseInt(hex.slice(5, 7), 16);
+  return ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
+}
 const PICK_RADIUS_PX = 8;
 
 export class CityMap {
@@ -240,29 +246,50 @@ export class CityMap {
     this.fills = fills;
   }
 
+  // Dots are written straight into a pixel buffer (one Uint32 per pixel), then composited over
+  // the districts in one drawImage: 100 k devices cost a few ms instead of 100 k fillRect calls.
   drawDevices(ctx, w, h) {
     const s = this.store;
     this.drawn = 0;
     if (!s) return;
+    const W = this.canvas.width, H = this.canvas.height;
+    const dpr = W / Math.max(1, w);
+    if (!this.dots || this.dots.width !== W || this.dots.height !== H) {
+      this.dots = document.createElement("canvas");
+      this.dots.width = W;
+      this.dots.height = H;
+      this.dotsCtx = this.dots.getContext("2d");
+      this.dotsImage = this.dotsCtx.createImageData(W, H);
+    }
+    const pixels = new Uint32Array(this.dotsImage.data.buffer);
+    pixels.fill(0);
     const { cx, cy, scale } = this.view;
-    const w2 = w / 2, h2 = h / 2;
     // Dots grow as one zooms in; a dense city stays a texture rather than a blot.
     const base = s.count > 20000 ? 1.4 : 2.2;
-    const size = Math.min(6, base * Math.max(1, Math.sqrt(scale / 1500)));
+    const size = Math.max(1, Math.round(dpr * Math.min(6, base * Math.max(1, Math.sqrt(scale / 1500)))));
     const half = size / 2;
+    const k = scale * dpr, ox = (w / 2) * dpr - cx * k, oy = (h / 2) * dpr + cy * k;
     const filter = this.kindFilter;
     let drawn = 0;
     for (const st of DRAW_ORDER) {
-      ctx.fillStyle = STATUS_COLOURS[STATUS_ORDER[st]];
+      const colour = rgba32(STATUS_COLOURS[STATUS_ORDER[st]]);
       for (let i = 0; i < s.count; i++) {
         if (s.status[i] !== st || (filter !== null && s.kind[i] !== filter)) continue;
-        const px = w2 + (s.x[i] - cx) * scale;
-        const py = h2 - (s.y[i] - cy) * scale;
-        if (px < -size || py < -size || px > w + size || py > h + size) continue;
-        ctx.fillRect(px - half, py - half, size, size);
+        const x0 = Math.round(ox + s.x[i] * k - half);
+        const y0 = Math.round(oy - s.y[i] * k - half);
+        if (x0 < 0 || y0 < 0 || x0 + size > W || y0 + size > H) continue;
+        for (let dy = 0; dy < size; dy++) {
+          const row = (y0 + dy) * W + x0;
+          for (let dx = 0; dx < size; dx++) pixels[row + dx] = colour;
+        }
         drawn++;
       }
     }
+    this.dotsCtx.putImageData(this.dotsImage, 0, 0);
+    ctx.save();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.drawImage(this.dots, 0, 0);
+    ctx.restore();
     this.drawn = drawn;
   }
 

@@ -4,6 +4,7 @@
 
 import { forget, getJSON } from "./api.js";
 import { COS_LAT0, DeviceStore, project } from "./devices.js";
+import { STATUS_ORDER } from "./colours.js";
 import { districtRegions } from "./districts.js";
 
 // Above this many devices in view the map draws density bins instead of single devices.
@@ -66,7 +67,11 @@ export class MapData {
       const points = outlinePoints(this.store.x, this.store.y, this.store.count);
       this.map.setRegions(districtRegions(this.catalog.districts, points));
     }
-    if (states && states.registry === this.store.registry) this.store.applyStates(states);
+    if (this.mode === "density") {
+      // A city this size: /map/states would list the whole city's devices not online, so the
+      // single devices of a zoomed-in view are drawn without their state (see docs/screen.md).
+      this.store.status.fill(STATUS_ORDER.indexOf("unknown"));
+    } else if (states && states.registry === this.store.registry) this.store.applyStates(states);
     else await this.pollStates();
     this.map.setDevices(this.store);
   }
@@ -110,7 +115,7 @@ export class MapData {
 
   // One poll of the states; true when the map must be redrawn.
   async pollStates() {
-    if (!this.store.count) return false;
+    if (!this.store.count || this.mode === "density") return false;
     const since = this.store.version;
     const params = since === null ? {} : { since };
     const { body, changed } = await getJSON("/map/states", params);
