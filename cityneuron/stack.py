@@ -132,6 +132,9 @@ def _child_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # `up --start` must reach the simulator (it used to be dropped here).
+    if settings.simulator.start is not None:
+        env["CITYNEURON_SIMULATOR__START"] = settings.simulator.start.isoformat()
     return env
 
 

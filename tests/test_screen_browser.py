@@ -224,6 +224,28 @@ def test_an_unchanged_refresh_is_a_304(page: Browser) -> None:
     _wait(states_304, 30, "a 304 answer to the states poll", every_s=1)
 
 
+def test_density_mode_then_single_devices_when_zoomed_in(
+    page: Browser, stack: Stack, api: httpx.Client
+) -> None:
+    total = api.get("/city/overview").json()["devices"]["total"]
+    # Pretend the city is too big to draw dot by dot: density bins counted by the database.
+    page.driver.get(f"{stack.api}/screen/?lang=en&max_drawn=500")
+    _wait(lambda: page.js("return !!(window.cityScreen && window.cityScreen.ready)"), 30, "the screen")
+    bins = page.js(
+        "const b = window.cityScreen.map.bins; return b && [b.n.reduce((a, n) => a + n, 0), b.x.length]"
+    )
+    assert bins is not None and bins[0] == total and bins[1] > 10
+    # Zoom into Futian: few enough devices in view, so their positions come for that bbox only.
+    page.js(
+        """const m = window.cityScreen.map, r = m.regions.find((x) => x.slug === 'futian');
+        m.view.cx = r.label[0]; m.view.cy = r.label[1]; m.view.scale *= 25; m.onView();"""
+    )
+    _wait(lambda: page.js("return window.cityScreen.map.bins === null"), 15, "single devices")
+    count = page.js("return window.cityScreen.data.store.count")
+    assert 0 < count <= 500
+    assert page.js("return window.cityScreen.map.drawn") > 0
+
+
 def test_no_request_leaves_the_machine(page: Browser) -> None:
     urls = [urlsplit(u) for u in page.requests()]
     network = [u for u in urls if u.scheme in ("http", "https", "ws", "wss")]

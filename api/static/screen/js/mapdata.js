@@ -7,8 +7,9 @@ import { COS_LAT0, DeviceStore, project } from "./devices.js";
 import { STATUS_ORDER } from "./colours.js";
 import { districtRegions } from "./districts.js";
 
-// Above this many devices in view the map draws density bins instead of single devices.
-export const MAX_DRAWN = 300000;
+// Above this many devices in view the map draws density bins instead of single devices
+// (?max_drawn= lowers it, to see the density mode with a small city).
+export const MAX_DRAWN = Number(new URLSearchParams(window.location.search).get("max_drawn")) || 300000;
 const HULL_COLUMNS = 256;
 
 // The outline of many points from the extremes of each of HULL_COLUMNS vertical strips: the same
