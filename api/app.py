@@ -20,14 +20,17 @@ from api.routers import (
     admin,
     aggregates,
     alerts,
+    catalog,
     city,
     commands,
+    devicemap,
     devices,
     health,
     overview,
     readings,
     streams,
 )
+from api.screen import install_screen
 from api.state import ApiState
 from api.viewcache import ViewCache
 from cityneuron import __version__
@@ -99,5 +102,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_metrics(app)
     for module in (health, devices, readings, aggregates, city, overview, admin, alerts, commands, streams):
         app.include_router(module.router)
+    # The catalog, the map feeds and the operations screen (docs/screen.md).
+    app.include_router(catalog.router)
+    app.include_router(devicemap.router)
+    install_screen(app)
     install_docs(app)
     return app

@@ -37,7 +37,7 @@ OPEN_PATHS = frozenset(
     {"/health", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
 )
 # Static assets (the docs' Swagger UI, screens): public files, open like /docs itself.
-OPEN_PREFIXES = ("/static/",)
+OPEN_PREFIXES = ("/static/", "/screen")
 ADMIN_PREFIX = "/admin"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _REALM = 'Bearer realm="cityneuron"'
@@ -50,7 +50,8 @@ _HEADER = "ApiKeyHeader"
 
 def required_scope(method: str, path: str, read_requires_key: bool) -> Scope | None:
     """The scope a request needs, or None when it is open."""
-    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+    if path in OPEN_PATHS or path == "/" or path.startswith(OPEN_PREFIXES):
+        # Docs and the screen's own files are public; the data the screen asks for follows the policy.
         return None
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         return Scope.ADMIN

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from api.db import ApiPool, AsyncConn
 from api.live.broker import BrokerLink
 from api.live.hub import Hub
+from api.live.statuslog import StatusLog
 from api.queries.meta import DatabaseFeatures, load_features
 from api.viewcache import FingerprintCache, ViewCache
 from cityneuron.settings import Settings
@@ -30,6 +31,8 @@ class ApiState:
     device_views: ViewCache = field(default_factory=lambda: ViewCache(0))
     # /latest items by (kind, district), reused while the data's fingerprint stands.
     latest_items: FingerprintCache = field(default_factory=FingerprintCache)
+    # Devices not online and their changes, for /map/states?since=.
+    device_states: StatusLog = field(default_factory=StatusLog)
 
     async def database_features(self, conn: AsyncConn) -> DatabaseFeatures:
         """TimescaleDB and continuous aggregates: detected once (at startup, or on the first

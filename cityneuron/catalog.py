@@ -23,6 +23,8 @@ class District:
     lat: float
     lon: float
     population: int
+    # Romanised name (Hanyu Pinyin, as the district government's own English pages write it).
+    name_en: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +75,16 @@ class Kind:
 
 
 DISTRICTS: tuple[District, ...] = (
-    District("futian", "福田区", 22.541, 114.055, 1_553_000),
-    District("luohu", "罗湖区", 22.548, 114.131, 1_143_000),
-    District("yantian", "盐田区", 22.557, 114.236, 214_000),
-    District("nanshan", "南山区", 22.533, 113.930, 1_796_000),
-    District("baoan", "宝安区", 22.655, 113.884, 4_476_000),
-    District("longgang", "龙岗区", 22.720, 114.247, 3_979_000),
-    District("longhua", "龙华区", 22.697, 114.045, 2_528_000),
-    District("pingshan", "坪山区", 22.708, 114.350, 551_000),
-    District("guangming", "光明区", 22.749, 113.936, 1_095_000),
-    District("dapeng", "大鹏新区", 22.593, 114.480, 156_000),
+    District("futian", "福田区", 22.541, 114.055, 1_553_000, "Futian"),
+    District("luohu", "罗湖区", 22.548, 114.131, 1_143_000, "Luohu"),
+    District("yantian", "盐田区", 22.557, 114.236, 214_000, "Yantian"),
+    District("nanshan", "南山区", 22.533, 113.930, 1_796_000, "Nanshan"),
+    District("baoan", "宝安区", 22.655, 113.884, 4_476_000, "Bao'an"),
+    District("longgang", "龙岗区", 22.720, 114.247, 3_979_000, "Longgang"),
+    District("longhua", "龙华区", 22.697, 114.045, 2_528_000, "Longhua"),
+    District("pingshan", "坪山区", 22.708, 114.350, 551_000, "Pingshan"),
+    District("guangming", "光明区", 22.749, 113.936, 1_095_000, "Guangming"),
+    District("dapeng", "大鹏新区", 22.593, 114.480, 156_000, "Dapeng New District"),
 )
 DISTRICT_BY_SLUG: Mapping[str, District] = MappingProxyType({d.slug: d for d in DISTRICTS})
 

@@ -155,6 +155,9 @@ def _child_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # `up --start` must reach the simulator (it used to be dropped here).
+    if settings.simulator.start is not None:
+        env["CITYNEURON_SIMULATOR__START"] = settings.simulator.start.isoformat()
     return env
 
 
@@ -336,6 +339,7 @@ def run_stack(settings: Settings) -> int:
         localstack.write(localstack.describe(settings, postgres.password_file, provisioned))
         print(
             "\nCityNeuron is up\n"
+            f"  Screen     {api_url}/screen/  (the city on one page: open it in a browser)\n"
             f"  API        {api_url}  (docs: {api_url}/docs)\n"
             f"{_broker_banner(settings, broker, provisioned)}"
             f"  PostgreSQL {postgres.url.split('@')[0].rsplit(':', 1)[0]}:***@127.0.0.1:"
