@@ -60,7 +60,8 @@ from cityneuron.errors import CityNeuronError
 from cityneuron.schema import init_schema
 from cityneuron.servers import MosquittoBroker, PostgresServer, free_port
 from cityneuron.settings import DatabaseSettings, Settings
-from ingest.decode import Limits, Message, decode_message
+from ingest.decode import Limits, Message
+from ingest.fastdecode import decode_batch
 from ingest.mqtt import telemetry_filter
 from ingest.registry import DeviceCache
 from ingest.store import ReadingStore
@@ -413,7 +414,7 @@ class Bench:
                 for i in range(0, len(messages), batch):
                     t0 = time.perf_counter()
                     now = now_ms()
-                    decoded = [decode_message(m, limits, now) for m in messages[i : i + batch]]
+                    decoded = decode_batch(messages[i : i + batch], limits, now)
                     t1 = time.perf_counter()
                     outcome = store.write(decoded)
                     write_s += time.perf_counter() - t1
