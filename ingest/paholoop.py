@@ -37,21 +37,22 @@ class _BufferedSocket:
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
-        self._buffer = bytearray()
+        self._buffer = b""
+        self._at = 0  # read position in _buffer: slicing bytes copies once, no buffer shuffling
 
     def recv(self, bufsize: int) -> bytes:
-        if not self._buffer:
-            data = self._sock.recv(max(bufsize, _RECV_BYTES))
+        if self._at >= len(self._buffer):
+            data: bytes = self._sock.recv(max(bufsize, _RECV_BYTES))
             if len(data) <= bufsize:
-                return bytes(data)
-            self._buffer += data
-        chunk = bytes(self._buffer[:bufsize])
-        del self._buffer[:bufsize]
+                return data
+            self._buffer, self._at = data, 0
+        chunk = self._buffer[self._at : self._at + bufsize]
+        self._at += len(chunk)
         return chunk
 
     def pending(self) -> int:
         inner = getattr(self._sock, "pending", None)
-        return len(self._buffer) + (inner() if inner is not None else 0)
+        return len(self._buffer) - self._at + (inner() if inner is not None else 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
