@@ -15,6 +15,7 @@ its reason. So it changes the cost of valid messages, never what is stored or re
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from itertools import chain
@@ -28,6 +29,8 @@ from cityneuron import contract
 from cityneuron.catalog import KIND_BY_NAME, KINDS, Kind
 from cityneuron.errors import ContractError
 from ingest.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_message
+
+log = logging.getLogger("cityneuron.ingest")
 
 # contract.parse_ts: epoch ms in [2000-01-01, 2100-01-01).
 _MIN_TS_MS = 946_684_800_000
@@ -101,7 +104,7 @@ def _columns(items: list[Any], metrics: int) -> tuple[np.ndarray, np.ndarray, np
     try:
         ts_seq = np.fromiter(chain.from_iterable(pairs), np.int64, 2 * n).reshape(n, 2)
         ts, seq = ts_seq[:, 0], ts_seq[:, 1]
-    except (TypeError, OverflowError):  # a seq left out (None), an RFC 3339 ts, a ts beyond int64
+    except (TypeError, ValueError, OverflowError):  # a seq left out (None), an RFC 3339 ts, beyond int64
         ts = np.fromiter(
             (t if type(t) is int and _MIN_TS_MS <= t < _MAX_TS_MS else -1 for t, _ in pairs), np.int64, n
         )
@@ -109,32 +112,55 @@ def _columns(items: list[Any], metrics: int) -> tuple[np.ndarray, np.ndarray, np
     return ts, seq, values.reshape(n, metrics)
 
 
+def _decode_group(
+    kind: Kind,
+    group: list[tuple[int, contract.DeviceTopic, list[Any]]],
+    messages: Sequence[Message],
+    decoded: list[Decoded | None],
+    oldest_ms: int,
+    newest_ms: int,
+) -> None:
+    """Columns for one kind's fast candidates; the messages accepted whole get their Decoded
+    (the others stay None, for the exact path)."""
+    counts = np.fromiter((len(items) for _, _, items in group), np.int64, len(group))
+    ts, seq, values = _columns([item for _, _, items in group for item in items], len(kind.metrics))
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    row_ok = (ts >= oldest_ms) & (ts <= newest_ms) & ~np.isnan(values).all(axis=1)
+    ok = np.logical_and.reduceat(row_ok, starts)
+    for (index, topic, _), good, start, end in zip(
+        group, ok.tolist(), starts.tolist(), ends.tolist(), strict=True
+    ):
+        if good:
+            block = Block(ts[start:end], seq[start:end], values[start:end])
+            decoded[index] = Decoded(messages[index], topic, block=block)
+
+
 def decode_batch(messages: Sequence[Message], limits: Limits, now_ms: int) -> list[Decoded]:
     """Decode and validate a batch; valid telemetry in bulk, everything else exactly."""
     decoded: list[Decoded | None] = [None] * len(messages)
     by_kind: dict[str, list[tuple[int, contract.DeviceTopic, list[Any]]]] = {}
     for index, message in enumerate(messages):
-        candidate = _fast_candidate(message, limits)
-        if candidate is None:
-            decoded[index] = decode_message(message, limits, now_ms)
-        else:
+        try:
+            candidate = _fast_candidate(message, limits)
+        except Exception:  # e.g. RecursionError on absurd nesting: the exact path decides
+            candidate = None
+        if candidate is not None:
             by_kind.setdefault(candidate[0].kind, []).append((index, *candidate))
     oldest_ms = max(_MIN_TS_MS, now_ms - limits.max_age_ms)
     newest_ms = min(_MAX_TS_MS - 1, now_ms + limits.future_tolerance_ms)
     for kind_name, group in by_kind.items():
-        kind = KIND_BY_NAME[kind_name]
-        counts = np.fromiter((len(items) for _, _, items in group), np.int64, len(group))
-        ts, seq, values = _columns([item for _, _, items in group for item in items], len(kind.metrics))
-        ends = np.cumsum(counts)
-        starts = ends - counts
-        row_ok = (ts >= oldest_ms) & (ts <= newest_ms) & ~np.isnan(values).all(axis=1)
-        ok = np.logical_and.reduceat(row_ok, starts)
-        for (index, topic, _), good, start, end in zip(
-            group, ok.tolist(), starts.tolist(), ends.tolist(), strict=True
-        ):
-            if good:
-                block = Block(ts[start:end], seq[start:end], values[start:end])
-                decoded[index] = Decoded(messages[index], topic, block=block)
-            else:
-                decoded[index] = decode_message(messages[index], limits, now_ms)
+        try:
+            _decode_group(KIND_BY_NAME[kind_name], group, messages, decoded, oldest_ms, newest_ms)
+        except Exception:
+            # Bad input must never stop ingest: a fast-path failure nobody foresaw sends the group
+            # to the exact path (the reference), and says so.
+            log.warning(
+                "fast decode of %d %s messages failed: exact path", len(group), kind_name, exc_info=True
+            )
+            for index, _, _ in group:
+                decoded[index] = None
+    for index, message in enumerate(messages):
+        if decoded[index] is None:
+            decoded[index] = decode_message(message, limits, now_ms)
     return [d for d in decoded if d is not None]

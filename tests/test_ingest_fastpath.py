@@ -99,6 +99,18 @@ def test_decode_batch_matches_the_exact_path_for_valid_and_invalid_messages() ->
         exact = decode_message(message, LIMITS, now)
         names = KIND_BY_NAME[exact.topic.kind].metric_names if exact.topic else ()
         _same(decoded, exact, names)
+    # An RFC 3339 ts among readings that all carry a seq (the columns then fail on the text, not
+    # on a missing seq): only that message goes to the exact path, which stores it.
+    iso = datetime.fromtimestamp(t / 1000, UTC).isoformat()
+    mixed = [
+        _message(POLE, orjson.dumps({"ts": iso, "seq": 1, "m": {"pm25": 3}})),
+        _message(POLE, encode_reading(t + 5, {"pm25": 4.0}, seq=2)),
+    ]
+    both = decode_batch(mixed, LIMITS, now)
+    assert [d.block is not None for d in both] == [False, True]
+    assert [len(d.rows) for d in both] == [1, 0]
+    for message, decoded in zip(mixed, both, strict=True):
+        _same(decoded, decode_message(message, LIMITS, now), KIND_BY_NAME["smart_pole"].metric_names)
     # The valid ones did take the fast path (columns, no per-reading rows).
     assert [d.block is not None for d in fast[:3]] == [True, True, True]
     assert [i for i, d in enumerate(fast) if d.block is not None] == [0, 1, 2]
