@@ -78,6 +78,9 @@ _GOAL_READINGS_PER_S = 100_000
 _GOAL_SHARE_OF_CEILING = 0.6
 _GOAL_SINGLE_SHARE_OF_BROKER = 0.9
 _GOAL_PACED_P99_MS = 1000
+# Every ingest process of a stage, and the broker-ceiling subscriber, in one shared subscription
+# (set explicitly: it must not depend on the default, which may be a plain subscription).
+SHARE_GROUP = "cityneuron-bench"
 # End to end fails when nothing new was stored for this long while readings are missing.
 _STALL_TIMEOUT_S = 60.0
 _POLL_S = 0.2
@@ -160,6 +163,7 @@ class _IngestProcess:
                 "CITYNEURON_DATABASE__URL": db_url,
                 "CITYNEURON_INGEST__CLIENT_ID": f"bench-{label}-ingest-{number}",
                 "CITYNEURON_INGEST__HTTP_PORT": str(self.http_port),
+                "CITYNEURON_INGEST__SHARE_GROUP": SHARE_GROUP,
             }
         )
         self._env = env
@@ -311,7 +315,7 @@ class Bench:
         ``mosquitto_sub`` (C) to see the broker without a Python consumer."""
         w = self.workload
         ingest = self.settings.ingest
-        topic_filter = telemetry_filter(ingest.share_group)
+        topic_filter = telemetry_filter(SHARE_GROUP)
         label = "csub" if c_subscriber else "ceiling"
         log.info("broker %s: %d messages, no database", label, w.messages)
         with contextlib.ExitStack() as stack:
