@@ -1,7 +1,8 @@
 """Writes decoded batches to the database: one transaction per batch.
 
-Per kind, the rows are COPYed into a staging table and moved into ``reading_<kind>`` and
-``latest_reading`` (:mod:`ingest.staging`). Device registration, status updates, the per-device
+Per kind, the rows are COPYed (binary, built in bulk) straight into ``reading_<kind>``, or through
+a staging table with ON CONFLICT when a reading was stored before, and each device's newest
+reading is folded into ``latest_reading`` (:mod:`ingest.staging`). Device registration, status updates, the per-device
 quality counters (:mod:`ingest.quality`), alert transitions (:mod:`ingest.alerts`) and the batch's
 dead letters share the same transaction, so a batch is counted, alerted and acked only once.
 """
