@@ -60,7 +60,8 @@ from cityneuron.errors import CityNeuronError
 from cityneuron.schema import init_schema
 from cityneuron.servers import MosquittoBroker, PostgresServer, free_port
 from cityneuron.settings import DatabaseSettings, Settings
-from ingest.decode import Limits, Message, decode_message
+from ingest.decode import Limits, Message
+from ingest.fastdecode import decode_batch
 from ingest.mqtt import telemetry_filter
 from ingest.registry import DeviceCache
 from ingest.store import ReadingStore
@@ -70,10 +71,16 @@ log = logging.getLogger("cityneuron.bench")
 _REPO = Path(__file__).resolve().parent.parent
 # Sized so the whole default run takes about 1-2 minutes on the 2-core machine of bench/README.md.
 _DEFAULT_MESSAGES = {"single": 60_000, "array": 10_000}
-# The goal of the pipeline issue: end to end at least this many readings/s, and at least this
-# share of the lower ceiling.
+# The goals of issue 15 (ingest near the database's ceiling), all judged within one run: arrays,
+# 2 ingest processes at least this share of the lower ceiling and this many readings/s where the
+# ceilings allow it; single readings at least this share of the broker ceiling; paced p99.
 _GOAL_READINGS_PER_S = 100_000
-_GOAL_SHARE_OF_CEILING = 0.5
+_GOAL_SHARE_OF_CEILING = 0.6
+_GOAL_SINGLE_SHARE_OF_BROKER = 0.9
+_GOAL_PACED_P99_MS = 1000
+# Every ingest process of a stage, and the broker-ceiling subscriber, in one shared subscription
+# (set explicitly: it must not depend on the default, which may be a plain subscription).
+SHARE_GROUP = "cityneuron-bench"
 # End to end fails when nothing new was stored for this long while readings are missing.
 _STALL_TIMEOUT_S = 60.0
 _POLL_S = 0.2
@@ -156,6 +163,7 @@ class _IngestProcess:
                 "CITYNEURON_DATABASE__URL": db_url,
                 "CITYNEURON_INGEST__CLIENT_ID": f"bench-{label}-ingest-{number}",
                 "CITYNEURON_INGEST__HTTP_PORT": str(self.http_port),
+                "CITYNEURON_INGEST__SHARE_GROUP": SHARE_GROUP,
             }
         )
         self._env = env
@@ -307,7 +315,7 @@ class Bench:
         ``mosquitto_sub`` (C) to see the broker without a Python consumer."""
         w = self.workload
         ingest = self.settings.ingest
-        topic_filter = telemetry_filter(ingest.share_group)
+        topic_filter = telemetry_filter(SHARE_GROUP)
         label = "csub" if c_subscriber else "ceiling"
         log.info("broker %s: %d messages, no database", label, w.messages)
         with contextlib.ExitStack() as stack:
@@ -413,7 +421,7 @@ class Bench:
                 for i in range(0, len(messages), batch):
                     t0 = time.perf_counter()
                     now = now_ms()
-                    decoded = [decode_message(m, limits, now) for m in messages[i : i + batch]]
+                    decoded = decode_batch(messages[i : i + batch], limits, now)
                     t1 = time.perf_counter()
                     outcome = store.write(decoded)
                     write_s += time.perf_counter() - t1
@@ -584,20 +592,47 @@ def _min_ceiling(results: list[StageResult]) -> float:
     return min(ceilings) if ceilings else float("nan")
 
 
-def _goal(results: list[StageResult]) -> str:
-    floor = _min_ceiling(results)
+def _goal(results: list[StageResult], payload: str) -> str:
+    """The targets of issue 15, judged on this run alone (ratios against ceilings of the same run)."""
     e2e = [r for r in results if r.role == "end_to_end"]
     if not e2e:
         return "goal: no end-to-end stage ran"
-    best = max(e2e, key=lambda r: r.readings_per_s)
-    met = (
-        best.readings_per_s >= _GOAL_READINGS_PER_S and best.readings_per_s >= _GOAL_SHARE_OF_CEILING * floor
-    )
-    return (
-        f"goal (>= {_GOAL_READINGS_PER_S:,} readings/s end to end and >= {_GOAL_SHARE_OF_CEILING:.0%} of the"
-        f" lower ceiling): best {best.readings_per_s:,.0f} readings/s = {best.readings_per_s / floor:.2f}"
-        f" of {floor:,.0f} -> {'met' if met else 'NOT met'}"
-    )
+    lines = []
+    if payload == "single":
+        broker = next((r for r in results if r.name.startswith("broker ceiling")), None)
+        floor = broker.readings_per_s if broker else float("nan")
+        best = max(e2e, key=lambda r: r.readings_per_s)
+        met = best.readings_per_s >= _GOAL_SINGLE_SHARE_OF_BROKER * floor
+        lines.append(
+            f"goal (single readings: end to end >= {_GOAL_SINGLE_SHARE_OF_BROKER:.0%} of the broker ceiling with"
+            f" ingest's subscriber): best {best.readings_per_s:,.0f} readings/s = {best.readings_per_s / floor:.2f}"
+            f" of {floor:,.0f} -> {'met' if met else 'NOT met'}"
+        )
+    else:
+        floor = _min_ceiling(results)
+        two = next(
+            (r for r in e2e if r.name.startswith("end to end, 2 ")), max(e2e, key=lambda r: r.readings_per_s)
+        )
+        share_met = two.readings_per_s >= _GOAL_SHARE_OF_CEILING * floor
+        reachable = _GOAL_SHARE_OF_CEILING * floor >= _GOAL_READINGS_PER_S
+        rate = "met" if two.readings_per_s >= _GOAL_READINGS_PER_S else "NOT met"
+        if not reachable:
+            rate += (
+                f" (the ceilings of this run do not allow it: {_GOAL_SHARE_OF_CEILING:.0%} of {floor:,.0f})"
+            )
+        lines.append(
+            f"goal (arrays, {two.name}: >= {_GOAL_SHARE_OF_CEILING:.0%} of the lower ceiling):"
+            f" {two.readings_per_s:,.0f} readings/s = {two.readings_per_s / floor:.2f} of {floor:,.0f}"
+            f" -> {'met' if share_met else 'NOT met'}; >= {_GOAL_READINGS_PER_S:,} readings/s -> {rate}"
+        )
+    paced = [r for r in results if r.role == "latency" and r.latency_ms]
+    for r in paced:
+        p99 = r.latency_ms["publish_to_commit"]["p99"]
+        verdict = "met" if p99 < _GOAL_PACED_P99_MS else "NOT met"
+        lines.append(
+            f"goal (paced p99 publish->committed < {_GOAL_PACED_P99_MS:,} ms): {p99:,.0f} ms -> {verdict}"
+        )
+    return "\n".join(lines)
 
 
 def _report(bench: Bench, info: dict[str, Any]) -> str:
@@ -663,7 +698,7 @@ def _report(bench: Bench, info: dict[str, Any]) -> str:
         " (track_commit_timestamp = on). Unpaced runs publish faster than ingest stores, so their"
         " latency is mostly time queued in the broker.",
         f"/ceiling = readings/s of the stage / the lower ceiling ({floor:,.0f} readings/s)",
-        _goal(results),
+        _goal(results, a.payload),
     ]
     return "\n".join(lines)
 
@@ -685,7 +720,7 @@ def _document(bench: Bench, info: dict[str, Any], elapsed_s: float) -> dict[str,
         "min_ceiling_readings_per_s": round(_min_ceiling(bench.results), 1),
         "zero_loss": all(r.stored == r.readings for r in bench.results),
         "disturbed_stages": [r.name for r in bench.results if _other_share(r) > _NOISY_OTHER_SHARE],
-        "goal": _goal(bench.results),
+        "goal": _goal(bench.results, bench.args.payload),
         "stages": [r.as_dict() for r in bench.results],
         "elapsed_s": round(elapsed_s, 1),
     }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
 import orjson
 
 from cityneuron import contract
@@ -68,6 +69,38 @@ class Row:
     values: dict[str, float]
 
 
+# seq is never negative on the wire, so -1 stands for "absent" in an int64 seq column.
+NO_SEQ = -1
+
+
+@dataclass(slots=True)
+class Block:
+    """A message's valid readings as columns (the fast path, :mod:`ingest.fastdecode`).
+    ``values`` is NaN where a reading lacks a metric: a NaN never arrives (JSON has none and
+    non-finite numbers are refused), so NaN is unambiguous and becomes NULL in the table."""
+
+    ts_ms: np.ndarray  # int64, epoch ms
+    seq: np.ndarray  # int64, NO_SEQ when absent
+    values: np.ndarray  # float64, (readings, len(kind.metrics)) in catalog order
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    @classmethod
+    def from_rows(cls, rows: list[Row], metric_names: tuple[str, ...]) -> Block:
+        """The exact path's rows (dicts of the valid metrics) as columns."""
+        values = np.full((len(rows), len(metric_names)), np.nan)
+        column = {name: index for index, name in enumerate(metric_names)}
+        for i, row in enumerate(rows):
+            for name, value in row.values.items():
+                values[i, column[name]] = value
+        return cls(
+            np.array([row.ts_ms for row in rows], dtype=np.int64),
+            np.array([NO_SEQ if row.seq is None else row.seq for row in rows], dtype=np.int64),
+            values,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
     online: bool
@@ -85,12 +118,24 @@ class Decoded:
     message: Message
     topic: contract.DeviceTopic | None
     rows: list[Row] = field(default_factory=list)
+    # The readings as columns when the fast path decoded the message (then ``rows`` is empty).
+    block: Block | None = None
     status: StatusUpdate | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # A gateway batch message: one part per device it names (each part's topic names the device).
     parts: list[Decoded] = field(default_factory=list)
     # A part of a gateway batch: its raw items, which its own dead letters hold by default.
     items: list[Any] | None = None
+
+    @property
+    def has_readings(self) -> bool:
+        return bool(self.rows) or self.block is not None
+
+    def readings_block(self, metric_names: tuple[str, ...]) -> Block | None:
+        """The readings as columns, whichever path decoded them."""
+        if self.block is not None:
+            return self.block
+        return Block.from_rows(self.rows, metric_names) if self.rows else None
 
     @property
     def device_id(self) -> str | None:
@@ -114,6 +159,7 @@ class Decoded:
     def reject(self, reason: str, detail: str, payload: bytes | None = None) -> None:
         """Dead-letter the whole message (or batch part) instead of storing any part of it."""
         self.rows = []
+        self.block = None
         self.status = None
         self.parts = []
         self.dead_letters = [self.dead_letter(reason, detail, payload)]

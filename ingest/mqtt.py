@@ -29,6 +29,7 @@ from cityneuron.settings import IngestSettings, MqttSettings
 from ingest.alerts.engine import Transition
 from ingest.decode import Message
 from ingest.observability import IngestMetrics
+from ingest.paholoop import BufferedClient
 
 log = logging.getLogger("cityneuron.ingest")
 
@@ -88,8 +89,11 @@ class MqttSource:
         self._received_other = metrics.received.labels("other")
         self._client = self._make_client()
 
-    def _make_client(self) -> paho.Client:
-        client = mqtt5_client(self._ingest.client_id, self._mqtt, "cityneuron.ingest.paho")
+    def _make_client(self) -> BufferedClient:
+        client = mqtt5_client(
+            self._ingest.client_id, self._mqtt, "cityneuron.ingest.paho", client_class=BufferedClient
+        )
+        assert isinstance(client, BufferedClient)
         client.manual_ack_set(True)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
@@ -133,14 +137,14 @@ class MqttSource:
         Messages from an earlier connection are not acked: the broker redelivers them with their
         packet ids on the new connection, where an old id may by now name another message.
         """
-        acked = 0
         with self._lock:
             generation = self._generation
-            for message in messages:
-                if message.qos > 0 and message.generation == generation:
+            current = [m for m in messages if m.qos > 0 and m.generation == generation]
+            self._client.ack_many(m.mid for m in current if m.qos == 1)
+            for message in current:
+                if message.qos > 1:
                     self._client.ack(message.mid, message.qos)
-                    acked += 1
-        return acked
+        return len(current)
 
     def publish_alerts(self, transitions: list[Transition]) -> None:
         """Publish committed alert transitions, QoS 1, on ``city/alerts/...``.

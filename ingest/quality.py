@@ -22,10 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import psycopg
 
 from cityneuron import contract
-from ingest.decode import Decoded
+from ingest.decode import NO_SEQ, Decoded
 from ingest.staging import StagedKind
 
 
@@ -96,21 +97,53 @@ def account(devices: dict[str, _Device], batch: list[Decoded], staged: Iterable[
             device.changed = True
     totals = QualityTotals()
     for kind_rows in staged:
-        kind = kind_rows.kind.name
-        for row, duplicate in zip(kind_rows.rows, kind_rows.duplicate, strict=True):
-            device = devices.get(row[2])
-            if device is None:
-                continue
-            device.changed = True
-            if duplicate:
-                device.seq_duplicates += 1
-                continue
-            ts_ms, seq = row[1], row[3]
-            if seq is not None:
-                _step(device, ts_ms, seq, kind, totals)
-            if device.newest_ms is None or ts_ms > device.newest_ms:
-                device.newest_ms = ts_ms
+        _account_kind(devices, kind_rows, totals)
     return totals
+
+
+def _account_kind(devices: dict[str, _Device], kind_rows: StagedKind, totals: QualityTotals) -> None:
+    """Each device's readings in received order. A device's run whose readings are all new, all
+    carry a seq, and count up by one, is in order after its first reading: that reading takes
+    the exact step, the rest only move ``seq_max`` and the newest time (no loop per reading)."""
+    n = len(kind_rows)
+    if not n:
+        return
+    kind = kind_rows.kind.name
+    order = np.lexsort((np.arange(n), kind_rows.code))
+    code = kind_rows.code[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    seq_a, ts_a, dup_a = kind_rows.seq[order], kind_rows.ts[order], kind_rows.duplicate[order]
+    irregular = dup_a | (seq_a == NO_SEQ)
+    irregular[1:] |= seq_a[1:] != seq_a[:-1] + 1
+    irregular[starts] = dup_a[starts] | (seq_a[starts] == NO_SEQ)
+    simple = ~np.logical_or.reduceat(irregular, starts)
+    seq, ts, dup = seq_a.tolist(), ts_a.tolist(), dup_a.tolist()
+    segment = kind_rows.segment[order[starts]].tolist()
+    ends = [*starts[1:].tolist(), n]
+    for start, end, run_is_simple, seg in zip(starts.tolist(), ends, simple.tolist(), segment, strict=True):
+        device = devices.get(kind_rows.devices[seg])
+        if device is None:
+            continue
+        device.changed = True
+        _apply(device, ts[start], seq[start], dup[start], kind, totals)
+        if run_is_simple and device.seq_max == seq[start] and end - start > 1:
+            device.seq_max = seq[end - 1]
+            newest = max(ts[start + 1 : end])
+            if device.newest_ms is None or newest > device.newest_ms:
+                device.newest_ms = newest
+            continue
+        for i in range(start + 1, end):
+            _apply(device, ts[i], seq[i], dup[i], kind, totals)
+
+
+def _apply(device: _Device, ts_ms: int, seq: int, duplicate: bool, kind: str, totals: QualityTotals) -> None:
+    if duplicate:
+        device.seq_duplicates += 1
+        return
+    if seq != NO_SEQ:
+        _step(device, ts_ms, seq, kind, totals)
+    if device.newest_ms is None or ts_ms > device.newest_ms:
+        device.newest_ms = ts_ms
 
 
 def _step(device: _Device, ts_ms: int, seq: int, kind: str, totals: QualityTotals) -> None:

@@ -58,7 +58,7 @@ def resolve_devices(
     missing: dict[str, tuple[str, str]] = {}
     for decoded in batch:
         topic = decoded.topic
-        if topic is None or not (decoded.rows or decoded.status):
+        if topic is None or not (decoded.has_readings or decoded.status):
             continue
         if cache.get(topic.device_id) is None and topic.device_id not in missing:
             missing[topic.device_id] = (topic.kind, topic.district)
@@ -79,7 +79,7 @@ def resolve_devices(
             learned = {device_id: (kind, district) for device_id, kind, district in cur.fetchall()}
     for decoded in batch:
         topic = decoded.topic
-        if topic is None or not (decoded.rows or decoded.status):
+        if topic is None or not (decoded.has_readings or decoded.status):
             continue
         known = cache.get(topic.device_id) or learned.get(topic.device_id)
         if known is None:

@@ -1,7 +1,8 @@
 """Writes decoded batches to the database: one transaction per batch.
 
-Per kind, the rows are COPYed into a staging table and moved into ``reading_<kind>`` and
-``latest_reading`` (:mod:`ingest.staging`). Device registration, status updates, the per-device
+Per kind, the rows are COPYed (binary, built in bulk) straight into ``reading_<kind>``, or through
+a staging table with ON CONFLICT when a reading was stored before, and each device's newest
+reading is folded into ``latest_reading`` (:mod:`ingest.staging`). Device registration, status updates, the per-device
 quality counters (:mod:`ingest.quality`), alert transitions (:mod:`ingest.alerts`) and the batch's
 dead letters share the same transaction, so a batch is counted, alerted and acked only once.
 """
@@ -180,15 +181,11 @@ class ReadingStore:
             with conn.cursor() as cur:
                 for kind_name, kind_rows in staged.items():
                     statements = STATEMENTS[kind_name]
-                    with cur.copy(statements.copy) as copy:
-                        copy.set_types(list(statements.types))
-                        for row in kind_rows.rows:
-                            copy.write_row(row)
                     self._insert(conn, cur, statements, kind_rows)
                     cur.execute(statements.latest)
                     stored = kind_rows.stored
                     outcome.stored[kind_name] += stored
-                    outcome.duplicates[kind_name] += len(kind_rows.rows) - stored
+                    outcome.duplicates[kind_name] += len(kind_rows) - stored
             outcome.statuses_applied, outcome.statuses_stale = apply_statuses(conn, batch)
             outcome.quality = account(devices, batch, staged.values())
             write_devices(conn, devices)
@@ -204,33 +201,37 @@ class ReadingStore:
         if self._engine is not None and plan:
             self._engine.commit(plan)
         if staged:
-            outcome.stored_ts_ms = np.concatenate(
-                [k.ts_ms()[~np.array(k.duplicate, dtype=bool)] for k in staged.values()]
-            )
+            outcome.stored_ts_ms = np.concatenate([k.ts[~k.duplicate] for k in staged.values()])
         return outcome
 
     def _insert(
         self, conn: psycopg.Connection, cur: psycopg.Cursor[Any], statements: KindStatements, rows: StagedKind
     ) -> None:
-        """Move the staged rows into the readings table, flagging those stored before.
+        """Store the kind's rows, flagging those stored before; stage what ``latest`` needs.
 
-        Duplicates are rare (resends after a reconnect), so first try the plain insert in a
-        savepoint; a duplicate makes it fail and the ON CONFLICT statement does the batch. After
-        a conflict, the next few batches of the kind go straight to ON CONFLICT: resends come in
-        runs (a redelivered session), and each failed attempt costs an insert.
+        Duplicates are rare (resends after a reconnect), so first COPY straight into the readings
+        table in a savepoint; a duplicate makes it fail on the unique key and the batch goes
+        through the staging table with ON CONFLICT. After a conflict, the next few batches of the
+        kind go straight to ON CONFLICT: resends come in runs (a redelivered session), and each
+        failed attempt costs a COPY.
         """
         kind = rows.kind.name
         if self._conflict_batches_left[kind] <= 0 and not rows.has_repeats():
             try:
-                with conn.transaction():
-                    cur.execute(statements.insert_new)
+                with conn.transaction(), cur.copy(statements.copy_direct) as copy:
+                    copy.write(rows.copy_data(with_ord=False))
             except psycopg.errors.UniqueViolation:
                 self._conflict_batches_left[kind] = _SKIP_FAST_INSERT_BATCHES
             else:
                 rows.mark_all_new()
+                # latest_reading needs only each device's newest reading.
+                with cur.copy(statements.copy_stage) as copy:
+                    copy.write(rows.copy_data(with_ord=True, rows=rows.newest()))
                 return
         elif self._conflict_batches_left[kind] > 0:
             self._conflict_batches_left[kind] -= 1
+        with cur.copy(statements.copy_stage) as copy:
+            copy.write(rows.copy_data(with_ord=True))
         cur.execute(statements.insert)
         rows.mark_duplicates(ord_ for (ord_,) in cur.fetchall())
 

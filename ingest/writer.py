@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import psycopg
 
@@ -22,8 +23,9 @@ from cityneuron.contract import now_ms
 from cityneuron.settings import IngestSettings
 from ingest.alerts.engine import Transition, log_transitions
 from ingest.alerts.rules import RuleSet
-from ingest.decode import STORE_FAILED, Decoded, Limits, Message, decode_message
+from ingest.decode import STORE_FAILED, Decoded, Limits, Message
 from ingest.errors import IngestError
+from ingest.fastdecode import decode_batch
 from ingest.observability import IngestMetrics
 from ingest.store import BatchOutcome, ReadingStore
 
@@ -35,6 +37,21 @@ _GET_POLL_S = 0.2
 _IDLE_PING_S = 5.0
 # Under sustained full batches the silence check is put off at most this many intervals.
 _MAX_SILENCE_DEFERRALS = 10
+# How long the writer waits for the decoder thread to end once it stopped itself.
+_DRAIN_JOIN_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Handover:
+    """A decoded batch (how many messages were collected, what they decoded into), or the
+    decoder's last word after a drain."""
+
+    received: int
+    pending: list[Decoded]
+    done: bool = False
+
+
+_DONE = _Handover(0, [], done=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,6 +104,8 @@ class BatchWriter:
         self._retry_cap_s = ingest.db_retry_max_delay_s
         self._draining = threading.Event()
         self._abort = threading.Event()
+        # One decoded batch waits here while the previous one is written.
+        self._decoded: queue.Queue[_Handover] = queue.Queue(maxsize=1)
         self._db_ok = False
         self._last_db_use = time.monotonic()
         self.failure: BaseException | None = None
@@ -105,17 +124,30 @@ class BatchWriter:
         self._abort.set()
 
     def run(self) -> None:
+        """Write what the decoder thread hands over, batch after batch, until drained or aborted.
+
+        Decoding runs on its own thread (:meth:`_decode_loop`), one batch ahead: while this
+        thread waits for PostgreSQL to store batch n (the GIL is released meanwhile), batch n+1
+        is collected and decoded. The hand-over holds one batch, so at most two batches are
+        unacked in ingest at any time.
+        """
+        decoder: threading.Thread | None = None
         try:
             if not self._connect():
                 return
+            decoder = threading.Thread(target=self._decode_loop, name="ingest-decoder", daemon=True)
+            decoder.start()
             while not self._abort.is_set():
-                batch = self._collect()
-                # A full batch means messages are waiting: a backlog, not a quiet city.
-                self._catching_up = len(batch) >= self._batch_max
-                if batch:
-                    self._process(batch)
-                elif self._draining.is_set():
+                try:
+                    item = self._decoded.get(timeout=_GET_POLL_S)
+                except queue.Empty:
+                    item = None
+                if item is not None and item.done:
                     return
+                if item is not None:
+                    # A full batch means messages are waiting: a backlog, not a quiet city.
+                    self._catching_up = item.received >= self._batch_max
+                    self._process(item.pending)
                 elif time.monotonic() - self._last_db_use > _IDLE_PING_S:
                     self._ping()
                 if time.monotonic() >= self._next_silence_check and not self._draining.is_set():
@@ -125,8 +157,35 @@ class BatchWriter:
             log.exception("ingest writer stopped")
             self.failure = exc
         finally:
+            self._abort.set()  # the decoder thread ends too
             self._db_ok = False
             self._store.close()
+            if decoder is not None:
+                decoder.join(_DRAIN_JOIN_S)
+
+    def _decode_loop(self) -> None:
+        """Collect and decode batches for :meth:`run`; after a drain, end with ``_DONE``."""
+        try:
+            while not self._abort.is_set():
+                batch = self._collect()
+                if batch:
+                    item = _Handover(len(batch), decode_batch(batch, self._limits, now_ms()))
+                elif self._draining.is_set():
+                    item = _DONE
+                else:
+                    continue
+                while not self._abort.is_set():
+                    try:
+                        self._decoded.put(item, timeout=_GET_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
+                if item.done:
+                    return
+        except BaseException as exc:
+            log.exception("ingest decoder stopped")
+            self.failure = exc
+            self._abort.set()
 
     # --- batches ----------------------------------------------------------------------------------
 
@@ -152,9 +211,7 @@ class BatchWriter:
                 break
         return batch
 
-    def _process(self, messages: list[Message]) -> None:
-        now = now_ms()
-        pending = [decode_message(message, self._limits, now) for message in messages]
+    def _process(self, pending: list[Decoded]) -> None:
         attempt = 0
         while pending:
             if self._draining.is_set() and not self._store.connected:

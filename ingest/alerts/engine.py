@@ -119,9 +119,9 @@ class AlertEngine:
         plan = Plan()
         for kind_rows in staged:
             rules = self.rules.by_kind.get(kind_rows.kind.name, ())
-            if not rules or not kind_rows.rows:
+            if not rules or not len(kind_rows):
                 continue
-            stored = ~np.array(kind_rows.duplicate, dtype=bool)
+            stored = ~kind_rows.duplicate
             ts = kind_rows.ts_ms()
             devices = kind_rows.device_ids()
             for rule in rules:
