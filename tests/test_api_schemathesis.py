@@ -46,6 +46,8 @@ NO_2XX_EXPECTED = frozenset(
     }
 )
 CHECKS = (not_a_server_error, response_schema_conformance, content_type_conformance)
+# A 503 that is the documented answer, not a failure: readiness before min_devices are registered.
+DOCUMENTED_503 = frozenset({"GET /health/ready"})
 
 
 def _seed(url: str) -> None:
@@ -129,8 +131,11 @@ def test_no_server_errors_and_responses_match_schema(base_url: str) -> None:
                     checked += 1
                     if 200 <= response.status_code < 300:
                         answered_2xx.add(name)  # noqa: B023 (run at once, inside the loop)
+                    checks = CHECKS
+                    if name in DOCUMENTED_503 and response.status_code == 503:  # noqa: B023 (as above)
+                        checks = (response_schema_conformance, content_type_conformance)
                     try:
-                        case.validate_response(response, checks=CHECKS)
+                        case.validate_response(response, checks=checks)
                     except AssertionError as exc:  # schemathesis' CheckFailed derives from it
                         failures.append(f"{case.method} {case.formatted_path} {case.query}: {exc}"[:600])
 

@@ -181,7 +181,7 @@ def test_contract_example_payload_reads_back(settings: Settings, api_client: htt
     publisher.loop_stop()
     publisher.disconnect()
 
-    assert latest["metrics"] == {"pm25": {"value": 20.0, "unit": "ug/m3"}}
+    assert latest["metrics"] == {"pm25": {"value": 20.0, "unit": "ug/m3", "time": latest["time"]}}
     meter = api_client.get("/devices/wm-demo-1").json()
     assert (meter["kind"], meter["district"], meter["lat"], meter["installed"]) == (
         "water_meter",

@@ -128,27 +128,43 @@ async def latest_readings(
 async def latest_reading(conn: AsyncConn, device_id: str) -> dict[str, Any] | None:
     """The device's latest reading as the JSON object of a ``LatestReading``: catalog units,
     metrics in catalog order, each with the time of the reading that carried it."""
+    # The query depends on the kind (its readings table): one round trip when the kind is known
+    # from an earlier call, two (the kind first) otherwise.
+    known = _KINDS_SEEN.get(device_id)
+    if known is not None:
+        found = await _latest_of_kind(conn, device_id, known)
+        if found is not None:
+            return found
     cur = await conn.execute("SELECT kind FROM latest_reading WHERE device_id = %s", (device_id,))
     row = await cur.fetchone()
     if row is None:
         return None
     kind = str(row[0])
-    if kind not in _OWN_COLUMNS:
-        # A kind the catalog no longer has: no history table to date the metrics from.
-        cur = await conn.execute(
-            sql.SQL("{select} FROM latest_reading lr WHERE lr.device_id = %s").format(select=_LATEST_SELECT),
-            (device_id,),
+    if len(_KINDS_SEEN) >= _KINDS_SEEN_MAX:
+        _KINDS_SEEN.clear()
+    _KINDS_SEEN[device_id] = kind
+    return await _latest_of_kind(conn, device_id, kind)
+
+
+async def _latest_of_kind(conn: AsyncConn, device_id: str, kind: str) -> dict[str, Any] | None:
+    if kind in _OWN_COLUMNS:
+        query = sql.SQL(
+            "{select}, {own} FROM latest_reading lr{history} WHERE lr.device_id = %s AND lr.kind = %s"
+        ).format(select=_LATEST_SELECT, own=_OWN_COLUMNS[kind], history=_HISTORY_JOIN[kind])
+    else:
+        # A kind the catalog no longer has: no readings table to date the metrics from.
+        query = sql.SQL("{select} FROM latest_reading lr WHERE lr.device_id = %s AND lr.kind = %s").format(
+            select=_LATEST_SELECT
         )
-        found = await cur.fetchone()
-        return _latest(found) if found is not None else None
-    query = sql.SQL("{select}, {own} FROM latest_reading lr{history} WHERE lr.device_id = %s").format(
-        select=_LATEST_SELECT, own=_OWN_COLUMNS[kind], history=_HISTORY_JOIN[kind]
-    )
-    cur = await conn.execute(query, (device_id,))
+    cur = await conn.execute(query, (device_id, kind))
     found = await cur.fetchone()
     return _latest(found) if found is not None else None
 
 
+# device id -> kind, for latest_reading; cleared when full (a device's kind does not change, and a
+# wrong entry only costs the lookup it would have cost anyway).
+_KINDS_SEEN: dict[str, str] = {}
+_KINDS_SEEN_MAX = 100_000
 _LATEST_SELECT = sql.SQL("SELECT lr.device_id, lr.kind, lr.time, lr.received_at, lr.seq, lr.metrics")
 
 
