@@ -137,11 +137,12 @@ class _Publisher(threading.Thread):
             while not self.stop_event.is_set():
                 device = self.device(n)
                 payload = encode_reading(base_ms + n * 10, {"lamp_level": float(n % 100)}, seq=n)
-                # The lock: the PUBACK may come back before publish() has returned the mid.
-                with self._lock:
-                    info = self.client.publish(f"city/futian/smart_pole/{device}/telemetry", payload, qos=1)
-                    self.sent[info.mid] = (device, n)
+                # No lock around publish(): paho calls on_publish holding its own lock. A PUBACK
+                # that beats the line below is matched up later, by its mid (unique: n < 65535).
+                info = self.client.publish(f"city/futian/smart_pole/{device}/telemetry", payload, qos=1)
+                self.sent[info.mid] = (device, n)
                 n += 1
+                assert n < 65_000, "packet ids would repeat"
                 time.sleep(max(0.0, started + n / RATE_PER_PUBLISHER_PER_S - time.monotonic()))
         except BaseException as exc:
             self.error = exc
@@ -197,7 +198,7 @@ def test_no_acknowledged_reading_is_lost_across_a_broker_restart(
         stop.set()
         for publisher in publishers:
             publisher.join(10)
-            assert publisher.error is None, publisher.error
+            assert not publisher.is_alive() and publisher.error is None, publisher.error
             publisher.finish(30)
         acked: dict[tuple[str, int], float] = {}
         for publisher in publishers:
