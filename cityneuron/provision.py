@@ -12,11 +12,13 @@ import base64
 import hashlib
 import hmac
 import logging
+import multiprocessing
 import os
 import secrets
+import signal
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -163,6 +165,10 @@ def _device_lines(device_key: bytes, device_ids: Sequence[str]) -> str:
     return "".join(f"{d}:{mosquitto_hash(device_password(device_key, d))}\n" for d in device_ids)
 
 
+def _counted_lines(device_key: bytes, device_ids: Sequence[str]) -> tuple[int, str]:
+    return len(device_ids), _device_lines(device_key, device_ids)
+
+
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -301,10 +307,12 @@ def write_password_file(
             handle.write(f"{user}:{mosquitto_hash(password)}\n")
         chunks = _chunks(_checked_ids(device_ids), _CHUNK_DEVICES)
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                pending = [(len(c), pool.submit(_device_lines, device_key, c)) for c in chunks]
-                for count, future in pending:
-                    handle.write(future.result())
+            # A multiprocessing pool, not concurrent.futures: leaving it on Ctrl-C (or any error)
+            # terminates the workers at once, where an executor would first hash every queued chunk.
+            # The workers ignore SIGINT (a terminal sends it to them too): the parent decides.
+            with multiprocessing.Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
+                for count, lines in pool.imap(partial(_counted_lines, device_key), chunks):
+                    handle.write(lines)
                     devices += count
         else:
             for chunk in chunks:
