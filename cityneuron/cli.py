@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--api-port", dest="api__port", type=int)
     up.add_argument("--ingest-http-port", dest="ingest__http_port", type=int)
     up.add_argument("--no-sim", dest="stack__run_simulator", action="store_false", default=None)
+    up.add_argument(
+        "--mode",
+        dest="simulator__mode",
+        choices=["gateway", "device"],
+        help="gateway (default, any city) or one connection per device (small cities)",
+    )
     _add_sim_options(up)
 
     db = commands.add_parser("db", help="database tasks")

@@ -104,7 +104,8 @@ def _slugs() -> list[str]:
 
 _REGISTRY_STAGE = sql.SQL(
     "CREATE TEMP TABLE IF NOT EXISTS _direct_devices (district integer, number bigint,"
-    " lat double precision, lon double precision, installed date, serial bigint) ON COMMIT DELETE ROWS"
+    " lat double precision, lon double precision, installed date, serial bigint, seen_ms bigint)"
+    " ON COMMIT DELETE ROWS"
 )
 
 
@@ -113,16 +114,27 @@ def _registry_chunks(table: DeviceTable) -> Iterator[slice]:
         yield slice(start, start + REGISTRY_CHUNK_ROWS)
 
 
-def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int) -> int:
+def _last_slots(table: DeviceTable, ts_ms: int) -> NDArray[np.int64]:
+    """Each device's most recent report slot at or before ``ts_ms`` (a fleet already running)."""
+    latest = build_schedules({table.kind.name: table})[table.kind.name].latest(ts_ms)
+    seen = np.empty(len(table), dtype=np.int64)
+    seen[latest.rows] = latest.slot_ms
+    return seen
+
+
+def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int, *, running: bool = False) -> int:
     conn.execute(_REGISTRY_STAGE)
     registered = 0
     for table in city:
+        # seen_ms < 0: never heard from (NULL last_seen_at).
+        seen_all = _last_slots(table, ts_ms) if running else np.full(len(table), -1, dtype=np.int64)
         insert = sql.SQL(
             "INSERT INTO devices (device_id, kind, district, lat, lon, installed, meta, online,"
-            " status_changed_at)"
+            " status_changed_at, last_seen_at)"
             " SELECT {device_id}, {kind}, (%(slugs)s::text[])[district + 1], round(lat::numeric, 6),"
             " round(lon::numeric, 6), installed, jsonb_build_object('serial', serial::text), true,"
-            " %(ts)s::timestamptz FROM _direct_devices"
+            " %(ts)s::timestamptz,"
+            " CASE WHEN seen_ms >= 0 THEN to_timestamp(seen_ms / 1000.0) END FROM _direct_devices"
             # A device the ingest registered from its telemetry gets its facts now.
             " ON CONFLICT (device_id) DO UPDATE SET lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
             " installed = EXCLUDED.installed, meta = devices.meta || EXCLUDED.meta"
@@ -137,6 +149,7 @@ def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int) -> int:
                     (">f8", table.lon[part]),
                     (">i4", table.installed_day[part] - _PG_EPOCH_DAY),
                     (">i8", table.serial[part]),
+                    (">i8", seen_all[part]),
                 ]
             )
             with conn.transaction(), conn.cursor() as cur:
@@ -147,12 +160,16 @@ def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int) -> int:
     return registered
 
 
-def load_registry(db: DatabaseSettings, city: City, ts_ms: int) -> int:
+def load_registry(db: DatabaseSettings, city: City, ts_ms: int, *, running: bool = False) -> int:
     """COPY every device of ``city`` into ``devices`` (online since ``ts_ms``); returns how many
-    were new. Devices already registered keep their row (facts are filled in where missing)."""
+    were new. Devices already registered keep their row (facts are filled in where missing).
+
+    ``running``: the city was already running before ``ts_ms`` (a live run that publishes no
+    statuses): each device was last heard from at its latest report slot, as the retained
+    status it does not get would have said; otherwise devices are new (never heard from)."""
     with _connect(db) as conn:
         try:
-            registered = _load_registry(conn, city, ts_ms)
+            registered = _load_registry(conn, city, ts_ms, running=running)
         except psycopg.Error as exc:
             raise DirectLoadError(f"loading the device registry failed: {exc}") from exc
     log.info("registry: %d of %d devices were new", registered, city.devices)
