@@ -157,6 +157,11 @@ def _child_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # Every child that runs `db init` (ingest, the simulator's registry load) applies the same
+    # partitions and retention; ingest refuses readings older than the retention.
+    env["CITYNEURON_DATABASE__CHUNK_INTERVAL"] = settings.database.chunk_interval
+    if settings.database.retention:
+        env["CITYNEURON_DATABASE__RETENTION"] = settings.database.retention
     return env
 
 
@@ -257,7 +262,8 @@ def _registered_devices(database_url: str) -> int:
     import psycopg
 
     with psycopg.connect(database_url, connect_timeout=5) as conn:
-        row = conn.execute("SELECT count(*) FROM devices").fetchone()
+        # Kept by the database as devices are added (cityneuron.device_counts): no 17 M-row count.
+        row = conn.execute("SELECT coalesce(sum(n), 0) FROM device_state_counts").fetchone()
     return int(row[0]) if row else 0
 
 
