@@ -144,16 +144,22 @@ def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int, *, running:
             " installed = EXCLUDED.installed, meta = devices.meta || EXCLUDED.meta"
             " WHERE devices.lat IS NULL AND devices.kind = EXCLUDED.kind"
         ).format(device_id=_device_id_sql(table), kind=sql.Literal(table.kind.name))
+        # In device id order (district slug, then number: ids are zero-padded): the indexes on
+        # devices then grow at their right edge instead of taking inserts all over, which at
+        # 17 M devices is several times faster (fewer pages touched, fewer full-page WAL images).
+        slug_rank = np.argsort(np.argsort(np.array(_slugs())))
+        order = np.lexsort((table.number, slug_rank[table.district]))
         for part in _registry_chunks(table):
+            rows = order[part]
             stream = _copy_stream(
                 [
-                    (">i4", table.district[part]),
-                    (">i8", table.number[part]),
-                    (">f8", table.lat[part]),
-                    (">f8", table.lon[part]),
-                    (">i4", table.installed_day[part] - _PG_EPOCH_DAY),
-                    (">i8", table.serial[part]),
-                    (">i8", seen_all[part]),
+                    (">i4", table.district[rows]),
+                    (">i8", table.number[rows]),
+                    (">f8", table.lat[rows]),
+                    (">f8", table.lon[rows]),
+                    (">i4", table.installed_day[rows] - _PG_EPOCH_DAY),
+                    (">i8", table.serial[rows]),
+                    (">i8", seen_all[rows]),
                 ]
             )
             with conn.transaction(), conn.cursor() as cur:
