@@ -209,9 +209,16 @@ class _Children:
         return process
 
     def first_dead(self) -> tuple[str, int] | None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                return name, process.returncode
+        """The first service that exited; a simulator that finished cleanly (its run ended, or a
+        benchmark stopped it to reconcile) leaves the rest of the stack serving."""
+        for name, process in list(self.processes):
+            if process.poll() is None:
+                continue
+            if name == "simulator" and process.returncode == 0:
+                log.info("the simulator finished: the stack stays up")
+                self.processes.remove((name, process))
+                continue
+            return name, process.returncode
         return None
 
     def stop(self) -> None:
