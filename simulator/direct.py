@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +45,10 @@ log = logging.getLogger("cityneuron.simulator")
 # that a failed chunk is cheap to redo and memory stays flat.
 CHUNK_ROWS = 200_000
 REGISTRY_CHUNK_ROWS = 500_000
+# Connections loading the registry at once (the machine this runs on has two cores).
+REGISTRY_CONNECTIONS = 2
+# Kinds reporting at most hourly are loaded in parallel, before the others.
+_PARALLEL_MIN_INTERVAL_S = 3600
 _DEFAULT_DECIMALS = 2  # as simulator.messages sends metrics without an explicit precision
 
 # PostgreSQL binary COPY format ("COPY", File Formats, PostgreSQL manual): an 11-byte
@@ -122,12 +127,19 @@ def _last_slots(table: DeviceTable, ts_ms: int) -> NDArray[np.int64]:
     return seen
 
 
-def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int, *, running: bool = False) -> int:
+def _load_registry(
+    conn: psycopg.Connection,
+    city: City,
+    ts_ms: int,
+    *,
+    running: bool = False,
+    tables: Sequence[DeviceTable] | None = None,
+) -> int:
     conn.execute(_REGISTRY_STAGE)
     registered = 0
     # Kinds that report rarely first: loading 17 M meters takes minutes, and a pole last heard
     # from before that would count as silent by the time the simulator publishes.
-    for table in sorted(city, key=lambda t: -t.kind.interval_s):
+    for table in tables if tables is not None else sorted(city, key=lambda t: -t.kind.interval_s):
         # seen_ms < 0: never heard from (NULL last_seen_at); else the latest slot as of now.
         seen_all = (
             _last_slots(table, max(ts_ms, now_ms())) if running else np.full(len(table), -1, dtype=np.int64)
@@ -177,13 +189,38 @@ def load_registry(db: DatabaseSettings, city: City, ts_ms: int, *, running: bool
     ``running``: the city was already running before ``ts_ms`` (a live run that publishes no
     statuses): each device was last heard from at its latest report slot, as the retained
     status it does not get would have said; otherwise devices are new (never heard from)."""
-    with _connect(db) as conn:
-        try:
-            registered = _load_registry(conn, city, ts_ms, running=running)
-        except psycopg.Error as exc:
-            raise DirectLoadError(f"loading the device registry failed: {exc}") from exc
+    ordered = sorted(city, key=lambda t: -t.kind.interval_s)
+    # The big, rarely-reporting kinds (the meters) go over REGISTRY_CONNECTIONS connections at
+    # once: PostgreSQL spends its time in the INSERT (one core per connection); the kinds that
+    # report within minutes follow, last, so that they are not silent before publishing starts.
+    slow = [t for t in ordered if t.kind.interval_s >= _PARALLEL_MIN_INTERVAL_S]
+    groups: list[list[DeviceTable]] = [[] for _ in range(REGISTRY_CONNECTIONS)]
+    for table in sorted(slow, key=len, reverse=True):
+        min(groups, key=lambda g: sum(len(t) for t in g)).append(table)
+    try:
+        with _connect(db) as conn:
+            with ThreadPoolExecutor(REGISTRY_CONNECTIONS) as pool:
+                futures = [
+                    pool.submit(_load_group, db, city, ts_ms, running, group) for group in groups[1:] if group
+                ]
+                registered = _load_registry(conn, city, ts_ms, running=running, tables=groups[0])
+                registered += sum(f.result() for f in futures)
+            rest = [t for t in ordered if t.kind.interval_s < _PARALLEL_MIN_INTERVAL_S]
+            registered += _load_registry(conn, city, ts_ms, running=running, tables=rest)
+    except psycopg.Error as exc:
+        raise DirectLoadError(f"loading the device registry failed: {exc}") from exc
     log.info("registry: %d of %d devices were new", registered, city.devices)
     return registered
+
+
+def _load_group(
+    db: DatabaseSettings, city: City, ts_ms: int, running: bool, tables: list[DeviceTable]
+) -> int:
+    with psycopg.connect(
+        db.url, autocommit=True, connect_timeout=max(1, round(db.connect_timeout_s)),
+        application_name="cityneuron-sim-direct",
+    ) as conn:  # fmt: skip
+        return _load_registry(conn, city, ts_ms, running=running, tables=tables)
 
 
 # --- readings -----------------------------------------------------------------------------------
