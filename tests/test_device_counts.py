@@ -96,7 +96,7 @@ def test_migration_counts_the_devices_already_registered(database: DatabaseSetti
     """A database of schema version 2 has devices but no counts: `db init` counts them once."""
     with psycopg.connect(database.url, autocommit=True) as conn:
         conn.execute("DROP TABLE device_state_counts, kind_liveness CASCADE")
-        conn.execute("DROP INDEX devices_kind_last_seen")
+        conn.execute("DROP INDEX devices_kind_last_seen, devices_kind_id")
         for op in ("insert", "update", "delete", "truncate"):
             conn.execute(f"DROP TRIGGER device_counts_{op} ON devices")
         conn.execute("DELETE FROM schema_version WHERE version = 3")

@@ -386,3 +386,40 @@ def test_ctrl_c_stops_password_hashing_at_once(tmp_path: Path, process_env: dict
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_ctrl_c_while_the_registry_loads_stops_everything(
+    stack_home: Path, process_env: dict[str, str]
+) -> None:
+    """Gateway mode: Ctrl-C while the simulator COPYs the registry (before the banner) stops the
+    simulator, ingest, API, broker and PostgreSQL, and `up` exits."""
+    ports = _ports()
+    process = subprocess.Popen(
+        _up_command(stack_home, ports, "--preset", "shenzhen", "--scale", "0.02"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(process_env, ports),
+    )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "loading by COPY" in line:
+                break
+        time.sleep(2.0)  # the simulator is building the city or loading
+        started = _descendants(process.pid)
+        assert any("cityneuron sim" in _cmdline(p) for p in started), "".join(output)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=90)
+        output.append(rest or "")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "CityNeuron is up" not in "".join(output)
+    leftovers = [p for p in started if _cmdline(p)]
+    assert not leftovers, [(p, _cmdline(p)) for p in leftovers]
+    for name, port in ports.items():
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pytest.fail(f"{name} still listens on {port}")
