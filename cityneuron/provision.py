@@ -165,6 +165,13 @@ def _device_lines(device_key: bytes, device_ids: Sequence[str]) -> str:
     return "".join(f"{d}:{mosquitto_hash(device_password(device_key, d))}\n" for d in device_ids)
 
 
+def _worker_signals() -> None:
+    """Hashing workers ignore SIGINT (a terminal sends it to them too: the parent decides) and die
+    on SIGTERM (the pool's terminate), whatever handlers they inherited from the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _counted_lines(device_key: bytes, device_ids: Sequence[str]) -> tuple[int, str]:
     return len(device_ids), _device_lines(device_key, device_ids)
 
@@ -309,8 +316,7 @@ def write_password_file(
         if workers > 1:
             # A multiprocessing pool, not concurrent.futures: leaving it on Ctrl-C (or any error)
             # terminates the workers at once, where an executor would first hash every queued chunk.
-            # The workers ignore SIGINT (a terminal sends it to them too): the parent decides.
-            with multiprocessing.Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
+            with multiprocessing.Pool(workers, _worker_signals) as pool:
                 for count, lines in pool.imap(partial(_counted_lines, device_key), chunks):
                     handle.write(lines)
                     devices += count
