@@ -408,9 +408,13 @@ def test_ctrl_c_while_the_registry_loads_stops_everything(
             output.append(line)
             if "loading by COPY" in line:
                 break
-        time.sleep(2.0)  # the simulator is building the city or loading
+        # The simulator is starting, building the city or loading (a loaded machine is slow).
+        deadline = time.monotonic() + 60
+        while not any("cityneuron sim" in _cmdline(p) for p in _descendants(process.pid)):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+            time.sleep(0.2)
+        time.sleep(1.0)
         started = _descendants(process.pid)
-        assert any("cityneuron sim" in _cmdline(p) for p in started), "".join(output)
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=90)
         output.append(rest or "")
