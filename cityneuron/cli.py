@@ -61,12 +61,27 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--api-port", dest="api__port", type=int)
     up.add_argument("--ingest-http-port", dest="ingest__http_port", type=int)
     up.add_argument("--no-sim", dest="stack__run_simulator", action="store_false", default=None)
+    up.add_argument(
+        "--mode",
+        dest="simulator__mode",
+        choices=["gateway", "device"],
+        help="gateway (default, any city) or one connection per device (small cities)",
+    )
+    up.add_argument(
+        "--retention-hours",
+        type=float,
+        help="drop readings older than this (whole partitions; hourly partitions below 3 days)",
+    )
     _add_sim_options(up)
 
     db = commands.add_parser("db", help="database tasks")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_init = db_commands.add_parser("init", help="create or migrate the schema (idempotent)")
     db_init.add_argument("--database-url", dest="database__url")
+    db_maintain = db_commands.add_parser(
+        "maintain", help="make partitions ahead and apply the retention now (pg_partman; for cron)"
+    )
+    db_maintain.add_argument("--database-url", dest="database__url")
 
     ingest = commands.add_parser("ingest", help="run the ingest service")
     _add_mqtt_db_options(ingest)
@@ -147,6 +162,19 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def with_retention_hours(settings: Settings, hours: float | None) -> Settings:
+    """``--retention-hours``: the database retention; below three days, hourly partitions so that
+    the retention drops an hour at a time rather than a day."""
+    if hours is None:
+        return settings
+    if hours <= 0:
+        raise CityNeuronError("--retention-hours must be positive")
+    update: dict[str, Any] = {"retention": f"{hours * 3600:.0f} seconds"}
+    if hours < 72:
+        update["chunk_interval"] = "1 hour"
+    return settings.model_copy(update={"database": settings.database.model_copy(update=update)})
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -162,7 +190,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up":
         from cityneuron.stack import run_stack
 
-        return run_stack(settings)
+        return run_stack(with_retention_hours(settings, getattr(args, "retention_hours", None)))
+    if args.command == "db" and args.db_command == "maintain":
+        from cityneuron.partitions import maintain
+
+        maintain(settings.database)
+        return 0
     if args.command == "db":
         from cityneuron.schema import init_schema
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import IO
@@ -53,6 +55,17 @@ def _device_lines(device_key: bytes, device_ids: Sequence[str]) -> str:
     return "".join(f"{d}:{mosquitto_hash(device_password(device_key, d))}\n" for d in device_ids)
 
 
+def _worker_signals() -> None:
+    """Hashing workers ignore SIGINT (a terminal sends it to them too: the parent decides) and die
+    on SIGTERM (the pool's terminate), whatever handlers they inherited from the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _counted_lines(device_key: bytes, device_ids: Sequence[str]) -> tuple[int, str]:
+    return len(device_ids), _device_lines(device_key, device_ids)
+
+
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -84,10 +97,11 @@ def _write_devices(handle: IO[str], device_key: bytes, device_ids: Iterable[str]
     devices = 0
     chunks = _chunks(device_ids, _CHUNK_DEVICES)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            pending = [(len(c), pool.submit(_device_lines, device_key, c)) for c in chunks]
-            for count, future in pending:
-                handle.write(future.result())
+        # A multiprocessing pool, not concurrent.futures: leaving it on Ctrl-C (or any error)
+        # terminates the workers at once, where an executor would first hash every queued chunk.
+        with multiprocessing.Pool(workers, _worker_signals) as pool:
+            for count, lines in pool.imap(partial(_counted_lines, device_key), chunks):
+                handle.write(lines)
                 devices += count
     else:
         for chunk in chunks:

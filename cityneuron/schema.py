@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from cityneuron import device_counts
 from cityneuron.catalog import KINDS, Kind
 from cityneuron.errors import CityNeuronError
+from cityneuron.partitions import ensure_partitioned, partman_schema
 from cityneuron.settings import DatabaseSettings
 
 log = logging.getLogger("cityneuron.schema")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Any constant: serialises concurrent `db init` runs (several ingest processes starting at once).
 _INIT_LOCK_KEY = 0x43_49_54_59
 
@@ -34,6 +36,8 @@ class SchemaError(CityNeuronError):
 class DatabaseInfo:
     server_version: str
     timescaledb: str | None
+    # Schema pg_partman is installed in (time partitions on plain PostgreSQL: cityneuron.partitions).
+    partman: str | None = None
 
     @property
     def has_timescaledb(self) -> bool:
@@ -148,6 +152,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
     ),
+    # Device counts by district, kind and state kept by triggers (issue 16: 17 M devices).
+    3: device_counts.MIGRATION,
 }
 
 
@@ -158,7 +164,7 @@ def database_info(conn: psycopg.Connection) -> DatabaseInfo:
         " (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb')"
     ).fetchone()
     assert row is not None
-    return DatabaseInfo(server_version=row[0], timescaledb=row[1])
+    return DatabaseInfo(server_version=row[0], timescaledb=row[1], partman=partman_schema(conn))
 
 
 def _try_create_timescaledb(conn: psycopg.Connection) -> None:
@@ -196,7 +202,9 @@ def _current_version(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _reading_table_ddl(kind: Kind) -> sql.Composed:
+def _reading_table_ddl(kind: Kind, *, partitioned: bool = False) -> sql.Composed:
+    """The wide table of one kind; ``partitioned``: a parent partitioned by range of time (the
+    unique key includes time, as PostgreSQL requires of a partitioned table's unique keys)."""
     metric_columns = sql.SQL(", ").join(
         sql.SQL("{} double precision").format(sql.Identifier(m.name)) for m in kind.metrics
     )
@@ -204,11 +212,12 @@ def _reading_table_ddl(kind: Kind) -> sql.Composed:
         "CREATE TABLE IF NOT EXISTS {table} ("
         " time timestamptz NOT NULL, device_id text NOT NULL, seq bigint,"
         " received_at timestamptz NOT NULL DEFAULT now(), {metrics},"
-        " CONSTRAINT {unique} UNIQUE (device_id, time))"
+        " CONSTRAINT {unique} UNIQUE (device_id, time)){partition}"
     ).format(
         table=sql.Identifier(kind.table),
         metrics=metric_columns,
         unique=sql.Identifier(f"{kind.table}_device_time"),
+        partition=sql.SQL(" PARTITION BY RANGE (time)" if partitioned else ""),
     )
 
 
@@ -262,7 +271,10 @@ def _sync_kind(conn: psycopg.Connection, kind: Kind, info: DatabaseInfo, db: Dat
     row = conn.execute("SELECT metrics FROM kind_schema WHERE kind = %s", (kind.name,)).fetchone()
     recorded = list(row[0]) if row else None
     wanted = list(kind.metric_names)
-    conn.execute(_reading_table_ddl(kind))
+    if info.partman is not None and not info.has_timescaledb:
+        ensure_partitioned(conn, info.partman, kind, db, _reading_table_ddl(kind, partitioned=True))
+    else:
+        conn.execute(_reading_table_ddl(kind))
     for metric in kind.metrics:
         conn.execute(
             sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} double precision").format(
@@ -354,6 +366,8 @@ def init_schema(db: DatabaseSettings) -> DatabaseInfo:
                 for kind in KINDS:
                     with conn.transaction():
                         _sync_kind(conn, kind, info, db)
+                with conn.transaction():
+                    device_counts.sync_kind_liveness(conn)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (_INIT_LOCK_KEY,))
     except psycopg.Error as exc:

@@ -568,6 +568,12 @@ class PostgresServer(_ServerProcess):
         ).stdout.strip()
         return bool(libdir) and any(Path(libdir).glob("timescaledb*.so"))
 
+    def _partman_available(self, bin_dir: Path) -> bool:
+        sharedir = subprocess.run(
+            [str(bin_dir / "pg_config"), "--sharedir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        return bool(sharedir) and (Path(sharedir) / "extension" / "pg_partman.control").exists()
+
     def start(self, timeout_s: float = 60.0) -> None:
         bin_dir = find_postgres_bin_dir(self._bin_dir)
         check_port_free(self.port, "postgres")
@@ -602,13 +608,25 @@ class PostgresServer(_ServerProcess):
             "-c",
             "log_min_messages=warning",
         ]
+        libraries = ["timescaledb"] if preload else []
         if preload:
+            args += ["-c", "timescaledb.telemetry_level=off"]
+        if self._partman_available(bin_dir):
+            # pg_partman's own scheduler: partitions made ahead and retention applied every minute
+            # in the stack's database (cityneuron.partitions).
+            libraries.append("pg_partman_bgw")
             args += [
                 "-c",
-                "shared_preload_libraries=timescaledb",
+                f"pg_partman_bgw.dbname={self.DATABASE}",
                 "-c",
-                "timescaledb.telemetry_level=off",
+                f"pg_partman_bgw.role={self.ROLE}",
+                "-c",
+                "pg_partman_bgw.interval=60",
+                "-c",
+                "pg_partman_bgw.analyze=off",
             ]
+        if libraries:
+            args += ["-c", f"shared_preload_libraries={','.join(libraries)}"]
         log_handle = self.log_file.open("ab")
         self._chown(self.log_file)
         self._process = subprocess.Popen(
@@ -668,7 +686,33 @@ class PostgresServer(_ServerProcess):
                 autocommit=True,
             ) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        elif self._partman_available(find_postgres_bin_dir(self._bin_dir)):
+            self.install_partman(name)
         return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def install_partman(self, name: str) -> None:
+        """pg_partman in database ``name``: time partitions on plain PostgreSQL (cityneuron.partitions).
+
+        The extension needs a superuser to create; the role then manages its own partitions
+        (pg_partman's non-superuser setup: its schema, tables, functions and procedures).
+        """
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(
+            self._superuser_conninfo().replace("dbname=postgres", f"dbname={name}"), autocommit=True
+        ) as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+            role = sql.Identifier(self.ROLE)
+            for statement in (
+                "GRANT ALL ON SCHEMA partman TO {}",
+                "GRANT ALL ON ALL TABLES IN SCHEMA partman TO {}",
+                "GRANT ALL ON ALL SEQUENCES IN SCHEMA partman TO {}",
+                "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA partman TO {}",
+                "GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA partman TO {}",
+            ):
+                conn.execute(sql.SQL(statement).format(role))
 
     def _create_role_and_database(self) -> None:
         import psycopg

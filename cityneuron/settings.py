@@ -141,6 +141,9 @@ class StackSettings(BaseModel):
     # Broker security for the local stack: per-device passwords, ACL, TLS listener.
     secure_broker: bool = True
     mqtt_tls_port: int = Field(8883, ge=1, le=65535)
+    # Per-device mode (one broker identity and connection per device) only up to this many
+    # devices; bigger cities run in gateway mode (docs/scale.md, "Per-device mode").
+    per_device_max_devices: int = Field(50_000, ge=1)
 
 
 class Settings(BaseSettings):

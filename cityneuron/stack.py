@@ -60,6 +60,7 @@ _CITY_TIMEOUT_S = 180.0
 CERT_PORT_OFFSET = 1
 WEBSOCKETS_PORT_OFFSET = 2
 _STAMP_FILE = "provisioned.json"
+_REGISTRY_POLL_S = 1.0
 
 
 def local_broker_security(settings: Settings) -> BrokerSecurity:
@@ -90,10 +91,32 @@ def _fingerprint(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def city_size(settings: Settings) -> int:
+    """Devices of the simulated city (whole city, whatever the shard), without building it."""
+    from simulator.city import kind_counts
+
+    options = settings.simulator
+    return sum(kind_counts(options.preset, options.scale).values())
+
+
+def check_per_device_mode(settings: Settings) -> None:
+    """Per-device mode hashes a password and holds a connection per device: refuse a city that
+    cannot start in time (docs/scale.md, "Per-device mode")."""
+    devices = city_size(settings)
+    limit = settings.stack.per_device_max_devices
+    if settings.simulator.mode == "device" and devices > limit:
+        raise ConfigError(
+            f"per-device mode is for cities of up to {limit:,} devices"
+            f" ({devices:,} asked): use gateway mode (the default) for this city"
+        )
+
+
 def provision_local_broker(settings: Settings, *, workers: int | None = None) -> Provisioned:
     """Credentials for the city's devices and the services, the ACL and the TLS files.
 
-    Hashing a password per device is the slow part, so the password file is rewritten only
+    In gateway mode (the default) devices never connect themselves, so only the services and
+    the city gateway get a broker identity: nothing to hash per device. In per-device mode
+    hashing a password per device is the slow part, so the password file is rewritten only
     when the city (preset, scale, seed) changed since the last run. When the file changed since
     it was written (a device added, or replaced by hand), the city devices missing from it are
     put back and every other device in it is kept.
@@ -101,7 +124,8 @@ def provision_local_broker(settings: Settings, *, workers: int | None = None) ->
     layout = Layout(settings.stack.home.resolve())
     owner = broker_owner()
     options = settings.simulator
-    city = {"preset": options.preset, "scale": options.scale, "seed": options.seed}
+    per_device = options.mode == "device"
+    city = {"preset": options.preset, "scale": options.scale, "seed": options.seed, "mode": options.mode}
     stamp = layout.broker_dir / _STAMP_FILE
     passwd = layout.broker_dir / "passwd"
     users = (*SERVICE_USERS, CITY_GATEWAY)
@@ -120,7 +144,7 @@ def provision_local_broker(settings: Settings, *, workers: int | None = None) ->
         provisioned = provision(
             layout.broker_dir,
             layout.secrets_dir,
-            city_device_ids(settings),
+            city_device_ids(settings) if per_device else (),
             broker_owner=owner,
             workers=workers or os.cpu_count() or 1,
             mode="complete" if same_city else "replace",
@@ -152,12 +176,18 @@ def _child_env(settings: Settings) -> dict[str, str]:
             "CITYNEURON_SIMULATOR__SCALE": str(settings.simulator.scale),
             "CITYNEURON_SIMULATOR__SPEED": str(settings.simulator.speed),
             "CITYNEURON_SIMULATOR__SEED": str(settings.simulator.seed),
+            "CITYNEURON_SIMULATOR__MODE": settings.simulator.mode,
             "PYTHONUNBUFFERED": "1",
         }
     )
     # `up --start` must reach the simulator (it used to be dropped here).
     if settings.simulator.start is not None:
         env["CITYNEURON_SIMULATOR__START"] = settings.simulator.start.isoformat()
+    # Every child that runs `db init` (ingest, the simulator's registry load) applies the same
+    # partitions and retention; ingest refuses readings older than the retention.
+    env["CITYNEURON_DATABASE__CHUNK_INTERVAL"] = settings.database.chunk_interval
+    if settings.database.retention:
+        env["CITYNEURON_DATABASE__RETENTION"] = settings.database.retention
     return env
 
 
@@ -207,9 +237,16 @@ class _Children:
         return process
 
     def first_dead(self) -> tuple[str, int] | None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                return name, process.returncode
+        """The first service that exited; a simulator that finished cleanly (its run ended, or a
+        benchmark stopped it to reconcile) leaves the rest of the stack serving."""
+        for name, process in list(self.processes):
+            if process.poll() is None:
+                continue
+            if name == "simulator" and process.returncode == 0:
+                log.info("the simulator finished: the stack stays up")
+                self.processes.remove((name, process))
+                continue
+            return name, process.returncode
         return None
 
     def stop(self) -> None:
@@ -283,6 +320,45 @@ def _broker_banner(settings: Settings, broker: MosquittoBroker, provisioned: Pro
     )
 
 
+def _registered_devices(database_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        # Kept by the database as devices are added (cityneuron.device_counts): no 17 M-row count.
+        row = conn.execute("SELECT coalesce(sum(n), 0) FROM device_state_counts").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _start_simulator(
+    settings: Settings, children: _Children, provisioned: Provisioned | None
+) -> subprocess.Popen[bytes]:
+    """Start the simulator; in gateway mode, first have it COPY the registry into the database.
+
+    A city publishes no retained statuses in gateway mode (17 M of them would take the broker
+    hours): the simulator loads the registry by COPY, devices as already running (last heard
+    at their latest report slot), then publishes telemetry. Returns once the registry is in.
+    """
+    # Gateway mode uses the gateway account; device mode derives each device's password.
+    sim_env = _credentials_env(provisioned, CITY_GATEWAY)
+    if provisioned is not None:
+        sim_env["CITYNEURON_SIMULATOR__DEVICE_KEY_FILE"] = str(provisioned.device_key_file)
+    if settings.simulator.mode == "device":
+        # Devices connect themselves and announce their own (retained) status.
+        return children.spawn("simulator", "sim", env=sim_env)
+    wanted = city_size(settings)
+    url = settings.database.url
+    registry = "none" if _registered_devices(url) >= wanted else "direct"
+    log.info(
+        "registry: %s (%d devices)", "already loaded" if registry == "none" else "loading by COPY", wanted
+    )
+    sim = children.spawn("simulator", "sim", "--registry", registry, env=sim_env)
+    while _registered_devices(url) < wanted:
+        if sim.poll() is not None:
+            raise ConfigError(f"the simulator exited with status {sim.returncode} loading the registry")
+        time.sleep(_REGISTRY_POLL_S)
+    return sim
+
+
 def _ensure_admin_key(settings: Settings, home: Path) -> Path:
     """An admin API key for the person running the stack, kept across restarts."""
     from api.keys import Scope, ensure_token_file
@@ -302,6 +378,7 @@ def run_stack(settings: Settings) -> int:
     find_mosquitto(settings.stack.mosquitto_bin)
     check_port_free(settings.api.port, "the API")
     check_port_free(settings.ingest.http_port, "ingest metrics")
+    check_per_device_mode(settings)
     stop = _StopRequest()
     with ExitStack() as stack:
         postgres = stack.enter_context(
@@ -325,16 +402,13 @@ def run_stack(settings: Settings) -> int:
         api_url = f"http://{settings.api.host}:{settings.api.port}"
         _wait_http_ok(f"{api_url}/health", api, "api")
         if settings.stack.run_simulator:
-            # Gateway mode uses the gateway account; device mode derives each device's password.
-            sim_env = _credentials_env(provisioned, CITY_GATEWAY)
-            if provisioned is not None:
-                sim_env["CITYNEURON_SIMULATOR__DEVICE_KEY_FILE"] = str(provisioned.device_key_file)
-            children.spawn("simulator", "sim", env=sim_env)
-            # The banner promises a visible city: wait until the registry holds all of it.
-            city = sum(1 for _ in city_device_ids(settings))
+            _start_simulator(settings, children, provisioned)
+            # The banner promises a visible city: wait until the API lists all of it.
+            city = city_size(settings)
             log.info("waiting until the API lists the city's %d devices", city)
-            ready = f"{api_url}/health/ready?min_devices={city}"
-            _wait_http_ok(ready, api, "the city's registry", _CITY_TIMEOUT_S)
+            _wait_http_ok(
+                f"{api_url}/health/ready?min_devices={city}", api, "the city's registry", _CITY_TIMEOUT_S
+            )
         # Commands run next to the stack (apikey, load) find it through this file.
         localstack.write(localstack.describe(settings, postgres.password_file, provisioned))
         print(

@@ -86,6 +86,8 @@ class ReadingStore:
         self._conn: psycopg.Connection | None = None
         self._conflict_batches_left: Counter[str] = Counter()
         self.retention_s: float | None = None
+        # Thresholds of the last silence check (ingest.alerts.store.check_silence); None at start.
+        self._silence_checked_to: dict[str, datetime] | None = None
 
     @property
     def connected(self) -> bool:
@@ -239,7 +241,10 @@ class ReadingStore:
         """Count silent devices and open/close silence alerts, in a transaction of its own."""
         conn = self._connection()
         with conn.transaction():
-            return check_silence(conn, rules, silent_after_intervals)
+            report = check_silence(conn, rules, silent_after_intervals, self._silence_checked_to)
+        # Only once committed: a rolled-back check is redone from the earlier thresholds.
+        self._silence_checked_to = report.checked_to
+        return report
 
     def write_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Store dead letters alone, in their own transaction."""

@@ -104,8 +104,13 @@ def sim_command(args: argparse.Namespace, settings: Settings) -> int:
         _print(summary, as_json)
         return 0
     if registry == "direct":
-        city = build_city(options.preset, options.scale, options.seed, options.shard_index_count())
-        load_registry(settings.database, city, now_ms() if from_ms is None else from_ms)
+        # Built inline so this copy of the city is freed before run() builds its own.
+        load_registry(
+            settings.database,
+            build_city(options.preset, options.scale, options.seed, options.shard_index_count()),
+            now_ms() if from_ms is None else from_ms,
+            running=from_ms is None,
+        )
     announce = registry == "status"
     if from_ms is not None:
         summary = backfill_broker(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from numpy.typing import NDArray
 from psycopg import sql
 
 from cityneuron.catalog import DISTRICTS, Kind
-from cityneuron.contract import ms_to_datetime
+from cityneuron.contract import ms_to_datetime, now_ms
 from cityneuron.schema import SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings, IngestSettings, Settings
 from ingest.decode import DeadLetter
@@ -48,6 +49,10 @@ log = logging.getLogger("cityneuron.simulator")
 # that a failed chunk is cheap to redo and memory stays flat.
 CHUNK_ROWS = 200_000
 REGISTRY_CHUNK_ROWS = 500_000
+# Connections loading the registry at once (the machine this runs on has two cores).
+REGISTRY_CONNECTIONS = 2
+# Kinds reporting at most hourly are loaded in parallel, before the others.
+_PARALLEL_MIN_INTERVAL_S = 3600
 _DEFAULT_DECIMALS = 2  # as simulator.messages sends metrics without an explicit precision
 
 # PostgreSQL binary COPY format ("COPY", File Formats, PostgreSQL manual): an 11-byte
@@ -110,7 +115,8 @@ def _slugs() -> list[str]:
 
 _REGISTRY_STAGE = sql.SQL(
     "CREATE TEMP TABLE IF NOT EXISTS _direct_devices (district integer, number bigint,"
-    " lat double precision, lon double precision, installed date, serial bigint) ON COMMIT DELETE ROWS"
+    " lat double precision, lon double precision, installed date, serial bigint, seen_ms bigint)"
+    " ON COMMIT DELETE ROWS"
 )
 
 
@@ -119,30 +125,59 @@ def _registry_chunks(table: DeviceTable) -> Iterator[slice]:
         yield slice(start, start + REGISTRY_CHUNK_ROWS)
 
 
-def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int) -> int:
+def _last_slots(table: DeviceTable, ts_ms: int) -> NDArray[np.int64]:
+    """Each device's most recent report slot at or before ``ts_ms`` (a fleet already running)."""
+    latest = build_schedules({table.kind.name: table})[table.kind.name].latest(ts_ms)
+    seen = np.empty(len(table), dtype=np.int64)
+    seen[latest.rows] = latest.slot_ms
+    return seen
+
+
+def _load_registry(
+    conn: psycopg.Connection,
+    city: City,
+    ts_ms: int,
+    *,
+    running: bool = False,
+    tables: Sequence[DeviceTable] | None = None,
+) -> int:
     conn.execute(_REGISTRY_STAGE)
     registered = 0
-    for table in city:
+    # Kinds that report rarely first: loading 17 M meters takes minutes, and a pole last heard
+    # from before that would count as silent by the time the simulator publishes.
+    for table in tables if tables is not None else sorted(city, key=lambda t: -t.kind.interval_s):
+        # seen_ms < 0: never heard from (NULL last_seen_at); else the latest slot as of now.
+        seen_all = (
+            _last_slots(table, max(ts_ms, now_ms())) if running else np.full(len(table), -1, dtype=np.int64)
+        )
         insert = sql.SQL(
             "INSERT INTO devices (device_id, kind, district, lat, lon, installed, meta, online,"
-            " status_changed_at)"
+            " status_changed_at, last_seen_at)"
             " SELECT {device_id}, {kind}, (%(slugs)s::text[])[district + 1], round(lat::numeric, 6),"
             " round(lon::numeric, 6), installed, jsonb_build_object('serial', serial::text), true,"
-            " %(ts)s::timestamptz FROM _direct_devices"
+            " %(ts)s::timestamptz,"
+            " CASE WHEN seen_ms >= 0 THEN to_timestamp(seen_ms / 1000.0) END FROM _direct_devices"
             # A device the ingest registered from its telemetry gets its facts now.
             " ON CONFLICT (device_id) DO UPDATE SET lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
             " installed = EXCLUDED.installed, meta = devices.meta || EXCLUDED.meta"
             " WHERE devices.lat IS NULL AND devices.kind = EXCLUDED.kind"
         ).format(device_id=_device_id_sql(table), kind=sql.Literal(table.kind.name))
+        # In device id order (district slug, then number: ids are zero-padded): the indexes on
+        # devices then grow at their right edge instead of taking inserts all over, which at
+        # 17 M devices is several times faster (fewer pages touched, fewer full-page WAL images).
+        slug_rank = np.argsort(np.argsort(np.array(_slugs())))
+        order = np.lexsort((table.number, slug_rank[table.district]))
         for part in _registry_chunks(table):
+            rows = order[part]
             stream = _copy_stream(
                 [
-                    (">i4", table.district[part]),
-                    (">i8", table.number[part]),
-                    (">f8", table.lat[part]),
-                    (">f8", table.lon[part]),
-                    (">i4", table.installed_day[part] - _PG_EPOCH_DAY),
-                    (">i8", table.serial[part]),
+                    (">i4", table.district[rows]),
+                    (">i8", table.number[rows]),
+                    (">f8", table.lat[rows]),
+                    (">f8", table.lon[rows]),
+                    (">i4", table.installed_day[rows] - _PG_EPOCH_DAY),
+                    (">i8", table.serial[rows]),
+                    (">i8", seen_all[rows]),
                 ]
             )
             with conn.transaction(), conn.cursor() as cur:
@@ -153,16 +188,45 @@ def _load_registry(conn: psycopg.Connection, city: City, ts_ms: int) -> int:
     return registered
 
 
-def load_registry(db: DatabaseSettings, city: City, ts_ms: int) -> int:
+def load_registry(db: DatabaseSettings, city: City, ts_ms: int, *, running: bool = False) -> int:
     """COPY every device of ``city`` into ``devices`` (online since ``ts_ms``); returns how many
-    were new. Devices already registered keep their row (facts are filled in where missing)."""
-    with _connect(db) as conn:
-        try:
-            registered = _load_registry(conn, city, ts_ms)
-        except psycopg.Error as exc:
-            raise DirectLoadError(f"loading the device registry failed: {exc}") from exc
+    were new. Devices already registered keep their row (facts are filled in where missing).
+
+    ``running``: the city was already running before ``ts_ms`` (a live run that publishes no
+    statuses): each device was last heard from at its latest report slot, as the retained
+    status it does not get would have said; otherwise devices are new (never heard from)."""
+    ordered = sorted(city, key=lambda t: -t.kind.interval_s)
+    # The big, rarely-reporting kinds (the meters) go over REGISTRY_CONNECTIONS connections at
+    # once: PostgreSQL spends its time in the INSERT (one core per connection); the kinds that
+    # report within minutes follow, last, so that they are not silent before publishing starts.
+    slow = [t for t in ordered if t.kind.interval_s >= _PARALLEL_MIN_INTERVAL_S]
+    groups: list[list[DeviceTable]] = [[] for _ in range(REGISTRY_CONNECTIONS)]
+    for table in sorted(slow, key=len, reverse=True):
+        min(groups, key=lambda g: sum(len(t) for t in g)).append(table)
+    try:
+        with _connect(db) as conn:
+            with ThreadPoolExecutor(REGISTRY_CONNECTIONS) as pool:
+                futures = [
+                    pool.submit(_load_group, db, city, ts_ms, running, group) for group in groups[1:] if group
+                ]
+                registered = _load_registry(conn, city, ts_ms, running=running, tables=groups[0])
+                registered += sum(f.result() for f in futures)
+            rest = [t for t in ordered if t.kind.interval_s < _PARALLEL_MIN_INTERVAL_S]
+            registered += _load_registry(conn, city, ts_ms, running=running, tables=rest)
+    except psycopg.Error as exc:
+        raise DirectLoadError(f"loading the device registry failed: {exc}") from exc
     log.info("registry: %d of %d devices were new", registered, city.devices)
     return registered
+
+
+def _load_group(
+    db: DatabaseSettings, city: City, ts_ms: int, running: bool, tables: list[DeviceTable]
+) -> int:
+    with psycopg.connect(
+        db.url, autocommit=True, connect_timeout=max(1, round(db.connect_timeout_s)),
+        application_name="cityneuron-sim-direct",
+    ) as conn:  # fmt: skip
+        return _load_registry(conn, city, ts_ms, running=running, tables=tables)
 
 
 # --- readings -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pipe a line is written every ``log_interval_s`` instead, so logs stay readable. 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -144,6 +145,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     elapsed = float(summary.get("elapsed_s") or 0.0)
     rate = summary.get("messages", 0) / elapsed if elapsed > 0 else 0.0
     parts = [
-        f"{key}={value:,}" if isinstance(value, int) else f"{key}={value}" for key, value in summary.items()
+        f"{key}={value:,}" if isinstance(value, int) else f"{key}={value}"
+        for key, value in summary.items()
+        if not isinstance(value, dict)
+    ]
+    # Per-kind counts as one JSON object, so a script can read them back from the line.
+    parts += [
+        f"{key}={json.dumps(value, separators=(',', ':'))}"
+        for key, value in summary.items()
+        if isinstance(value, dict)
     ]
     return "simulator summary: " + " ".join(parts) + f" ({rate:,.0f} msgs/s)"

@@ -13,9 +13,10 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import FrameType
 
 from cityneuron.contract import now_ms
@@ -53,6 +54,8 @@ class SimSummary:
     readings: int
     errors: int
     elapsed_s: float
+    # Readings handed to the broker per kind (bench/city_scale.py reconciles them with rows stored).
+    readings_by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -115,6 +118,7 @@ class _Simulation:
             number += len(table)
         self.messages = 0
         self.readings = 0
+        self.readings_by_kind: Counter[str] = Counter()
 
     @property
     def models(self) -> dict[str, KindModel]:
@@ -139,6 +143,7 @@ class _Simulation:
             if gateway.publish(message.topic, message.payload, qos, retain=retain):
                 self.messages += 1
                 self.readings += message.readings
+                self.readings_by_kind[kind] += message.readings
 
     def announce(self, ts_ms: int) -> None:
         """Retained status with registry facts for every device (offline in a scenario outage)."""
@@ -312,6 +317,7 @@ def run(
         devices=city.devices,
         messages=max(0, sim.messages - unacked),
         readings=sim.readings,
+        readings_by_kind=dict(sim.readings_by_kind),
         errors=pool.errors + unacked,
         elapsed_s=round(time.monotonic() - started, 3),
     )

@@ -30,6 +30,7 @@ from cityneuron.provision import DASHBOARD_USER
 from cityneuron.servers import free_port
 from cityneuron.settings import Settings
 from cityneuron.stack import CERT_PORT_OFFSET, WEBSOCKETS_PORT_OFFSET, city_device_ids
+from simulator.city import kind_counts
 
 
 def _free_port_run(count: int) -> int:
@@ -296,6 +297,212 @@ def test_up_ctrl_c_stops_everything_within_seconds(stack_home: Path, process_env
     ).total_seconds()
     assert sim_stop_s < 3.0, text[-3000:]
     assert elapsed_s < 8.0, f"Ctrl-C took {elapsed_s:.1f} s:\n{text[-3000:]}"
+    for name, port in ports.items():
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pytest.fail(f"{name} still listens on {port}")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc: no extra package needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing paren.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_up_shenzhen_needs_no_device_passwords_and_copies_the_registry(
+    stack_home: Path, process_env: dict[str, str]
+) -> None:
+    """The 1:1 city's start-up path at 1/1000: gateway mode hashes no device password, the
+    registry arrives by COPY (devices already running: heard from, online), no statuses."""
+    ports = _ports()
+    process = subprocess.Popen(
+        _up_command(stack_home, ports, "--preset", "shenzhen", "--scale", "0.001"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(process_env, ports),
+    )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Press Ctrl-C to stop" in line:
+                break
+        assert process.poll() is None, "".join(output)
+        passwd = (stack_home / "mosquitto" / "auth" / "passwd").read_text().splitlines()
+        # Services and the city gateway only: no device line.
+        assert all("." in line.split(":", 1)[0] for line in passwd), passwd[:5]
+        api = f"http://127.0.0.1:{ports['api']}"
+        with httpx.Client(base_url=api, timeout=10) as client:
+            meters = client.get("/devices", params={"kind": "water_meter", "limit": 50}).json()["items"]
+            assert len(meters) == 50
+            # Registered before any telemetry, yet not "unknown": the fleet was already running.
+            assert all(m["online"] and m["status"] == "online" for m in meters), meters[:2]
+            assert all(m["lat"] is not None for m in meters)
+            overview = client.get("/city/overview").json()
+            assert overview["devices"]["total"] == sum(kind_counts("shenzhen", 0.001).values())
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        output.append(rest or "")
+    assert process.returncode == 0, "".join(output)
+    assert "loading by COPY" in "".join(output)
+
+
+def test_up_refuses_per_device_mode_for_a_big_city(stack_home: Path, process_env: dict[str, str]) -> None:
+    ports = _ports()
+    result = subprocess.run(
+        _up_command(stack_home, ports, "--preset", "shenzhen", "--mode", "device"),
+        capture_output=True,
+        text=True,
+        env=_env(process_env, ports),
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "per-device mode is for cities of up to" in result.stderr
+    assert not (stack_home / "postgres").exists()  # refused before starting anything
+
+
+def test_ctrl_c_while_hashing_device_passwords_stops_everything(
+    stack_home: Path, process_env: dict[str, str]
+) -> None:
+    """Per-device mode: Ctrl-C in the middle of hashing stops the hashing workers
+    and PostgreSQL at once (they used to hash on until every device was done)."""
+    ports = _ports()
+    log_file = stack_home.parent / "up.log"
+    command = _up_command(stack_home, ports, "--preset", "district", "--scale", "2", "--mode", "device")
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("w"),
+        # 204 k devices: above the default limit, allowed here so that hashing takes long enough.
+        env={**_env(process_env, ports), "CITYNEURON_STACK__PER_DEVICE_MAX_DEVICES": "300000"},
+    )
+    try:
+        # (Not read from /proc at once: until it execs, the child still shows pytest's command line.)
+        up_cmd = " ".join(command) + " "
+
+        def workers() -> set[int]:
+            # Pool workers are forks of `up` itself: same command line.
+            return {p for p in _descendants(process.pid) if _cmdline(p) == up_cmd}
+
+        def hashing() -> bool:
+            # Still there a moment later: not a fork on its way to exec a server.
+            seen = workers()
+            time.sleep(0.3)
+            return len(seen) >= 2 and seen <= workers()
+
+        deadline = time.monotonic() + 60
+        while not hashing():
+            assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()[-2000:]
+            time.sleep(0.05)
+        started = _descendants(process.pid)
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+        # 204 k hashes take 15 s or more here (about 6.5 k/s per core); stopping must not wait for them.
+        assert time.monotonic() - interrupted < 6.0
+        leftovers = [p for p in started if Path(f"/proc/{p}").exists() and _cmdline(p)]
+        assert not leftovers, [(p, _cmdline(p)) for p in leftovers]
+        assert not (stack_home / "mosquitto" / "auth" / "passwd").exists(), log_file.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+_HASHING = """
+import sys
+from pathlib import Path
+from cityneuron.provision import write_password_file
+ids = (f"dev-{i:07d}" for i in range(300_000))
+write_password_file(Path(sys.argv[1]), b"k" * 32, ids, {}, workers=2)
+"""
+
+
+def test_ctrl_c_stops_password_hashing_at_once(tmp_path: Path, process_env: dict[str, str]) -> None:
+    """300 k hashes take a minute or more here; Ctrl-C must stop the workers, not wait for them."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HASHING, str(tmp_path / "passwd")], env=process_env, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_descendants(process.pid)) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "no hashing workers"
+            time.sleep(0.05)
+        time.sleep(1.0)  # hashing for a while
+        workers = _descendants(process.pid)
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=180)
+        assert time.monotonic() - interrupted < 5.0
+        assert b"KeyboardInterrupt" in stderr
+        assert not [p for p in workers if _cmdline(p)], "hashing workers still running"
+        assert not (tmp_path / "passwd").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_ctrl_c_while_the_registry_loads_stops_everything(
+    stack_home: Path, process_env: dict[str, str]
+) -> None:
+    """Gateway mode: Ctrl-C while the simulator COPYs the registry (before the banner) stops the
+    simulator, ingest, API, broker and PostgreSQL, and `up` exits."""
+    ports = _ports()
+    process = subprocess.Popen(
+        _up_command(stack_home, ports, "--preset", "shenzhen", "--scale", "0.02"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(process_env, ports),
+    )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "loading by COPY" in line:
+                break
+        # The simulator is starting, building the city or loading (a loaded machine is slow).
+        deadline = time.monotonic() + 60
+        while not any("cityneuron sim" in _cmdline(p) for p in _descendants(process.pid)):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+            time.sleep(0.2)
+        time.sleep(1.0)
+        started = _descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=90)
+        output.append(rest or "")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "CityNeuron is up" not in "".join(output)
+    leftovers = [p for p in started if _cmdline(p)]
+    assert not leftovers, [(p, _cmdline(p)) for p in leftovers]
     for name, port in ports.items():
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pytest.fail(f"{name} still listens on {port}")

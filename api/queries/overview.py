@@ -1,6 +1,7 @@
 """Queries behind the district summary and the city overview: device states and key metrics.
 
-Device states come from the one definition in api.queries.liveness. Key metrics are "now"
+Device states come from the one definition in api.queries.liveness, counted by the database as
+devices change (cityneuron.device_counts). Key metrics are "now"
 figures: statistics over the latest values (``latest_reading``) of the devices of a kind that
 reported within ``silent_after_intervals`` times the kind's reporting interval, so a dead
 sensor's last value does not linger in a district mean.
@@ -15,8 +16,9 @@ from typing import Any
 from psycopg import sql
 
 from api.db import AsyncConn
-from api.queries.liveness import DEVICE_STATUSES, silent_after, status_sql
+from api.queries.liveness import DEVICE_STATUSES, silent_after
 from cityneuron.catalog import KIND_BY_NAME, Metric
+from cityneuron.device_counts import status_counts_sql
 
 # What an operations screen shows per district: (kind, metric), in display order.
 KEY_METRICS: tuple[tuple[str, str], ...] = (
@@ -46,17 +48,13 @@ DeviceCounts = dict[str, dict[str, dict[str, int]]]
 async def device_counts(
     conn: AsyncConn, *, silent_after_intervals: float, district: str | None = None
 ) -> DeviceCounts:
-    """Registered devices per district, kind and state (online/offline/silent/unknown)."""
-    status = status_sql(silent_after_intervals, alias="d")
-    assert isinstance(status.params, dict)
-    params: dict[str, Any] = dict(status.params)
-    where = sql.SQL("")
-    if district is not None:
-        where = sql.SQL(" WHERE d.district = %(district)s")
-        params["district"] = district
-    query = sql.SQL(
-        "SELECT d.district, d.kind, {status} AS status, count(*) FROM devices d{where} GROUP BY 1, 2, 3"
-    ).format(status=status.sql, where=where)
+    """Registered devices per district, kind and state (online/offline/silent/unknown).
+
+    From the counts the database keeps as devices change (cityneuron.device_counts), not a scan of
+    the registry: the same rule as api.queries.liveness, with "silent" exact to 1 % of the kind's
+    reporting interval.
+    """
+    query, params = status_counts_sql(silent_after_intervals, district)
     cur = await conn.execute(query, params)
     counts: DeviceCounts = defaultdict(lambda: defaultdict(lambda: dict.fromkeys(DEVICE_STATUSES, 0)))
     for dist, kind, state, n in await cur.fetchall():

@@ -7,13 +7,16 @@ again, and only the process whose statement changed the table publishes the tran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
 
 from cityneuron.catalog import KIND_BY_NAME, KINDS
 from cityneuron.contract import ms_to_datetime
+from cityneuron.device_counts import prune, status_counts_sql
 from ingest.alerts.engine import AlertEngine, Plan, Transition
 from ingest.alerts.rules import RuleSet, SilentRule
 
@@ -102,53 +105,79 @@ def apply_plan(conn: psycopg.Connection, engine: AlertEngine, plan: Plan) -> lis
 class SilenceReport:
     silent_by_kind: dict[str, int]
     transitions: list[Transition]
+    # Per kind, the silence threshold of this check: the next one looks only above it.
+    checked_to: dict[str, datetime] = field(default_factory=dict)
 
 
 # The same rule as the API's liveness (api/queries/liveness.py): a device is silent when it has
 # been heard from, has not said it went offline (status or last will), and nothing arrived for
-# after_s seconds (its kind's interval times silent_after_intervals).
-_DEVICES = sql.SQL(
-    "SELECT d.device_id, d.kind, d.district, d.last_seen_at AS since, k.after_s, d.online,"
-    " d.status_changed_at,"
-    " (d.last_seen_at < now() - k.after_s * interval '1 second' AND d.online IS NOT FALSE) AS silent"
-    " FROM devices AS d JOIN unnest(%(kinds)s::text[], %(after)s::float8[]) AS k(kind, after_s) USING (kind)"
-)
-_COUNT_SILENT = sql.SQL("SELECT kind, count(*) FROM ({}) AS s WHERE silent GROUP BY kind").format(_DEVICES)
-_OPEN_SILENT = sql.SQL(
+# after_s seconds (its kind's interval times silent_after_intervals). At 17 M devices no check
+# scans them all: counts come from device_state_counts (cityneuron.device_counts), new silences
+# from the index on (kind, last_seen_at) above the previous check's threshold, and closings from
+# the open silence alerts.
+_OPEN_SILENT = (
     "INSERT INTO alerts (device_id, kind, district, rule, severity, opened_at, value, peak_value, detail)"
-    " SELECT device_id, kind, district, %(rule)s, %(severity)s, since + after_s * interval '1 second',"
-    " after_s, after_s, 'nothing received for ' || after_s || ' s'"
-    " FROM ({}) AS s WHERE silent"
+    " SELECT d.device_id, d.kind, d.district, %(rule)s, %(severity)s,"
+    " d.last_seen_at + k.after_s * interval '1 second', k.after_s, k.after_s,"
+    " 'nothing received for ' || k.after_s || ' s'"
+    " FROM unnest(%(kinds)s::text[], %(after)s::float8[], %(since)s::timestamptz[])"
+    " AS k(kind, after_s, since) JOIN LATERAL (SELECT * FROM devices AS d WHERE d.kind = k.kind"
+    " AND d.last_seen_at < %(now)s - k.after_s * interval '1 second'"
+    " AND (k.since IS NULL OR d.last_seen_at >= k.since) AND d.online IS NOT FALSE) AS d ON true"
     " ON CONFLICT (device_id, rule) WHERE closed_at IS NULL DO NOTHING"
     " RETURNING device_id, kind, district, (extract(epoch FROM opened_at) * 1000)::bigint, value, detail"
-).format(_DEVICES)
+)
 # Closed when the device spoke again (or said it went offline); the value is how long the
 # silence lasted, in seconds.
-_CLOSE_SILENT = sql.SQL(
-    "WITH ended AS (SELECT s.device_id, CASE WHEN s.online IS FALSE"
-    " THEN coalesce(s.status_changed_at, now()) ELSE coalesce(s.since, now()) END AS at"
-    " FROM ({}) AS s WHERE s.silent IS NOT TRUE)"
+_CLOSE_SILENT = (
+    "WITH ended AS (SELECT a.id, CASE WHEN d.online IS FALSE"
+    " THEN coalesce(d.status_changed_at, now()) ELSE coalesce(d.last_seen_at, now()) END AS at"
+    " FROM alerts AS a JOIN devices AS d USING (device_id)"
+    " JOIN unnest(%(kinds)s::text[], %(after)s::float8[]) AS k(kind, after_s) ON k.kind = d.kind"
+    " WHERE a.rule = %(rule)s AND a.closed_at IS NULL"
+    " AND (d.last_seen_at < %(now)s - k.after_s * interval '1 second' AND d.online IS NOT FALSE)"
+    " IS NOT TRUE)"
     " UPDATE alerts AS a SET closed_at = greatest(a.opened_at, e.at),"
     " close_value = extract(epoch FROM greatest(a.opened_at, e.at) - a.opened_at) + a.value,"
     " peak_value = extract(epoch FROM greatest(a.opened_at, e.at) - a.opened_at) + a.value"
-    " FROM ended AS e WHERE a.rule = %(rule)s AND a.closed_at IS NULL AND a.device_id = e.device_id"
+    " FROM ended AS e WHERE a.id = e.id"
     " RETURNING a.device_id, a.kind, a.district, (extract(epoch FROM a.closed_at) * 1000)::bigint,"
     " a.close_value"
-).format(_DEVICES)
+)
+# A device's last_seen_at can be written a little after its value (commit lag, a registry load):
+# each check looks this far below the previous threshold.
+_SINCE_MARGIN = timedelta(minutes=5)
 
 
-def check_silence(conn: psycopg.Connection, rules: RuleSet, silent_after_intervals: float) -> SilenceReport:
-    """Count silent devices per kind, and open/close the silence alerts (when the rule is on)."""
-    params = {
-        "kinds": [k.name for k in KINDS],
-        "after": [k.interval_s * silent_after_intervals for k in KINDS],
-    }
-    rows = conn.execute(_COUNT_SILENT, params).fetchall()
-    silent_by_kind = {k.name: 0 for k in KINDS} | {kind: int(n) for kind, n in rows}
+def check_silence(
+    conn: psycopg.Connection,
+    rules: RuleSet,
+    silent_after_intervals: float,
+    checked_to: Mapping[str, datetime] | None = None,
+) -> SilenceReport:
+    """Count silent devices per kind, and open/close the silence alerts (when the rule is on).
+
+    ``checked_to``: the previous report's thresholds (None: look at every silent device).
+    """
+    query, args = status_counts_sql(silent_after_intervals)
+    silent_by_kind = {k.name: 0 for k in KINDS}
+    for _, kind, status, n in conn.execute(query, args).fetchall():
+        if status == "silent":
+            silent_by_kind[kind] = silent_by_kind.get(kind, 0) + int(n)
+    prune(conn)
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    now: datetime = row[0]
+    after = [k.interval_s * silent_after_intervals for k in KINDS]
+    thresholds = {k.name: now - timedelta(seconds=a) for k, a in zip(KINDS, after, strict=True)}
     rule = rules.silent
     if rule is None:
-        return SilenceReport(silent_by_kind, [])
-    return SilenceReport(silent_by_kind, _silence_alerts(conn, rule, params))
+        return SilenceReport(silent_by_kind, [], thresholds)
+    since = [
+        checked_to[k.name] - _SINCE_MARGIN if checked_to and k.name in checked_to else None for k in KINDS
+    ]
+    params = {"kinds": [k.name for k in KINDS], "after": after, "since": since, "now": now}
+    return SilenceReport(silent_by_kind, _silence_alerts(conn, rule, params), thresholds)
 
 
 def _silence_alerts(

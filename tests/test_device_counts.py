@@ -1,0 +1,136 @@
+"""Device counts kept by the database (cityneuron.device_counts) against a full count, on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from api.queries.liveness import status_sql
+from cityneuron.device_counts import prune, status_counts_sql
+from cityneuron.schema import init_schema
+from cityneuron.settings import DatabaseSettings
+from ingest.alerts.rules import RuleSet, SilentRule
+from ingest.alerts.store import check_silence
+
+SILENT_AFTER = 3.0
+NOW = datetime.now(UTC)
+
+
+def _kept(conn: psycopg.Connection, district: str | None = None) -> Counter[tuple[str, str, str]]:
+    query, params = status_counts_sql(SILENT_AFTER, district)
+    return Counter({(d, k, s): int(n) for d, k, s, n in conn.execute(query, params).fetchall() if n})
+
+
+def _scanned(conn: psycopg.Connection) -> Counter[tuple[str, str, str]]:
+    """The definition: api.queries.liveness' status of every row, counted by scanning them all."""
+    status = status_sql(SILENT_AFTER, alias="d")
+    query = sql.SQL("SELECT d.district, d.kind, {} AS s, count(*) FROM devices d GROUP BY 1, 2, 3").format(
+        status.sql
+    )
+    return Counter({(d, k, s): int(n) for d, k, s, n in conn.execute(query, status.named_params).fetchall()})
+
+
+def _register(
+    conn: psycopg.Connection, rows: list[tuple[str, str, str, bool | None, datetime | None]]
+) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO devices (device_id, kind, district, online, last_seen_at) VALUES (%s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+def _fleet() -> list[tuple[str, str, str, bool | None, datetime | None]]:
+    """Poles (60 s interval: silent after 3 min) and water meters (a day: after 3 days) in every
+    state, far from the thresholds; plus a kind outside the catalog (never silent)."""
+    rows: list[tuple[str, str, str, bool | None, datetime | None]] = []
+    for n in range(40):
+        district = ("futian", "luohu")[n % 2]
+        seen = (NOW - timedelta(seconds=20), NOW - timedelta(hours=2), None)[n % 3]
+        online = (True, None, False, True)[n % 4]
+        rows.append((f"pole-{n}", "smart_pole", district, online, seen))
+        meter_seen = (NOW - timedelta(hours=20), NOW - timedelta(days=5), None)[n % 3]
+        rows.append((f"wm-{n}", "water_meter", district, online, meter_seen))
+    rows.append(("odd-1", "kiosk", "futian", True, NOW - timedelta(days=400)))
+    return rows
+
+
+def test_counts_follow_every_kind_of_change(database: DatabaseSettings) -> None:
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        _register(conn, _fleet())
+        assert _kept(conn) == _scanned(conn)
+        assert _kept(conn)[("futian", "smart_pole", "silent")] > 0
+        assert _kept(conn)[("futian", "kiosk", "online")] == 1
+        # Ingest-style bulk update of last_seen_at (one statement for many devices), a status
+        # change, an upsert, a delete: one statement-level trigger run each.
+        conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id LIKE 'pole-1%'")
+        conn.execute("UPDATE devices SET online = false WHERE device_id IN ('wm-3', 'wm-4')")
+        conn.execute(
+            "INSERT INTO devices (device_id, kind, district, last_seen_at) VALUES ('pole-2', 'smart_pole',"
+            " 'futian', now()), ('pole-new', 'smart_pole', 'luohu', now())"
+            " ON CONFLICT (device_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at"
+        )
+        conn.execute("DELETE FROM devices WHERE device_id IN ('pole-5', 'wm-7')")
+        assert _kept(conn) == _scanned(conn)
+        assert _kept(conn, "luohu") == Counter({k: n for k, n in _scanned(conn).items() if k[0] == "luohu"})
+        # A rolled-back change leaves the counts as they were.
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            conn.execute("UPDATE devices SET online = false")
+            conn.execute("SELECT 1 / 0")
+        assert _kept(conn) == _scanned(conn)
+        # Every pole heard from now: their old buckets fall to zero and are pruned.
+        conn.execute(
+            "UPDATE devices SET last_seen_at = now() WHERE kind = 'smart_pole' AND last_seen_at IS NOT NULL"
+        )
+        assert prune(conn) > 0
+        assert _kept(conn) == _scanned(conn)
+        conn.execute("TRUNCATE devices")
+        assert not _kept(conn)
+
+
+def test_migration_counts_the_devices_already_registered(database: DatabaseSettings) -> None:
+    """A database of schema version 2 has devices but no counts: `db init` counts them once."""
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("DROP TABLE device_state_counts, kind_liveness CASCADE")
+        conn.execute("DROP INDEX devices_kind_last_seen, devices_kind_id")
+        for op in ("insert", "update", "delete", "truncate"):
+            conn.execute(f"DROP TRIGGER device_counts_{op} ON devices")
+        conn.execute("DELETE FROM schema_version WHERE version = 3")
+        _register(conn, _fleet())
+    init_schema(database)
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        assert sum(_kept(conn).values()) == len(_fleet())
+        assert _kept(conn) == _scanned(conn)
+
+
+def test_silence_check_opens_and_closes_without_a_full_scan(database: DatabaseSettings) -> None:
+    rules = RuleSet.of((), SilentRule())
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        _register(conn, _fleet())
+        silent_poles = {
+            r[0]
+            for r in _fleet()
+            if r[1] == "smart_pole" and r[3] is not False and r[4] and r[4] < NOW - timedelta(minutes=3)
+        }
+        first = check_silence(conn, rules, SILENT_AFTER)
+        opened = {t.device_id for t in first.transitions if t.state == "open"}
+        assert {d for d in opened if d.startswith("pole-")} == silent_poles
+        assert first.silent_by_kind["smart_pole"] == len(silent_poles)
+        # Nothing new: the next check (from the previous thresholds) changes nothing.
+        again = check_silence(conn, rules, SILENT_AFTER, first.checked_to)
+        assert again.transitions == []
+        # One pole speaks again, another falls silent just now (within the window above the
+        # previous threshold): one closing, one opening.
+        back, quiet = sorted(silent_poles)[0], "pole-0"
+        conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id = %s", (back,))
+        conn.execute(
+            "UPDATE devices SET last_seen_at = now() - interval '4 minutes' WHERE device_id = %s", (quiet,)
+        )
+        third = check_silence(conn, rules, SILENT_AFTER, again.checked_to)
+        assert {(t.state, t.device_id) for t in third.transitions} == {("closed", back), ("open", quiet)}
+        assert third.silent_by_kind["smart_pole"] == len(silent_poles)
