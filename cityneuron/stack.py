@@ -114,9 +114,10 @@ def check_per_device_mode(settings: Settings) -> None:
 def provision_local_broker(settings: Settings, *, workers: int | None = None) -> Provisioned:
     """Credentials for the city's devices and the services, the ACL and the TLS files.
 
-    In gateway mode (the default) devices never connect themselves, so only the services and
-    the city gateway get a broker identity: nothing to hash per device. In per-device mode
-    hashing a password per device is the slow part, so the password file is rewritten only
+    In gateway mode (the default) devices never connect themselves, so a city larger than
+    ``stack.per_device_max_devices`` gives only the services and the city gateway a broker
+    identity: nothing to hash per device. Otherwise hashing a password per device is the slow
+    part, so the password file is rewritten only
     when the city (preset, scale, seed) changed since the last run. When the file changed since
     it was written (a device added, or replaced by hand), the city devices missing from it are
     put back and every other device in it is kept.
@@ -124,8 +125,17 @@ def provision_local_broker(settings: Settings, *, workers: int | None = None) ->
     layout = Layout(settings.stack.home.resolve())
     owner = broker_owner()
     options = settings.simulator
-    per_device = options.mode == "device"
-    city = {"preset": options.preset, "scale": options.scale, "seed": options.seed, "mode": options.mode}
+    # Devices get their own broker identity in per-device mode, and in gateway mode too while the
+    # city hashes in seconds (so a user can publish as any city device: README, docs/security.md);
+    # a city above stack.per_device_max_devices (the 1:1 city) starts without hashing anything.
+    per_device = options.mode == "device" or city_size(settings) <= settings.stack.per_device_max_devices
+    city = {
+        "preset": options.preset,
+        "scale": options.scale,
+        "seed": options.seed,
+        "mode": options.mode,
+        "device_identities": per_device,
+    }
     stamp = layout.broker_dir / _STAMP_FILE
     passwd = layout.broker_dir / "passwd"
     users = (*SERVICE_USERS, CITY_GATEWAY)

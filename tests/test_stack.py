@@ -343,7 +343,8 @@ def test_up_shenzhen_needs_no_device_passwords_and_copies_the_registry(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=_env(process_env, ports),
+        # 17 k devices stand for the 1:1 city: above the limit, as 17 M are above the default.
+        env={**_env(process_env, ports), "CITYNEURON_STACK__PER_DEVICE_MAX_DEVICES": "1000"},
     )
     output: list[str] = []
     try:
