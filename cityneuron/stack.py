@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cityneuron import localstack
 from cityneuron.errors import ConfigError
+from cityneuron.homedir import prepare_home
 from cityneuron.provision import (
     API_USER,
     CITY_GATEWAY,
@@ -380,10 +381,8 @@ def _ensure_admin_key(settings: Settings, home: Path) -> Path:
 
 def run_stack(settings: Settings) -> int:
     """Run the local stack until Ctrl-C; returns the process exit status."""
-    home = settings.stack.home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    # PostgreSQL and Mosquitto run as their own users when we are root: let them enter.
-    home.chmod(0o711)
+    # PostgreSQL and Mosquitto run as their own users when we are root: they must enter it.
+    home = prepare_home(settings.stack.home)
     # Before anything starts: a Mosquitto older than 2.0.12 would lose acknowledged readings.
     find_mosquitto(settings.stack.mosquitto_bin)
     check_port_free(settings.api.port, "the API")
