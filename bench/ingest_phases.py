@@ -24,10 +24,10 @@ from _common import build_workload, machine, scratch_dir
 
 import ingest.store as store_module
 from cityneuron.contract import now_ms
+from cityneuron.decode import Limits, Message
 from cityneuron.schema import init_schema
 from cityneuron.servers import PostgresServer, free_port
 from cityneuron.settings import DatabaseSettings, IngestSettings
-from ingest.decode import Limits, Message
 from ingest.fastdecode import decode_batch
 from ingest.registry import DeviceCache
 

@@ -56,11 +56,11 @@ from _common import (
 from psycopg import sql
 
 from cityneuron.contract import now_ms
+from cityneuron.decode import Limits, Message
 from cityneuron.errors import CityNeuronError
 from cityneuron.schema import init_schema
 from cityneuron.servers import MosquittoBroker, PostgresServer, free_port
 from cityneuron.settings import DatabaseSettings, Settings
-from ingest.decode import Limits, Message
 from ingest.fastdecode import decode_batch
 from ingest.mqtt import telemetry_filter
 from ingest.registry import DeviceCache

@@ -9,7 +9,7 @@ and "at least one metric" are checked with one vectorised comparison per column.
 
 The fast path never writes a dead letter: a message it does not accept whole (anything wrong,
 an RFC 3339 ``ts``, a status, a gateway batch) goes through the exact path,
-:func:`ingest.decode.decode_message`, which stores what is valid and dead-letters the rest with
+:func:`cityneuron.decode.decode_message`, which stores what is valid and dead-letters the rest with
 its reason. So it changes the cost of valid messages, never what is stored or refused.
 """
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from cityneuron import contract
 from cityneuron.catalog import KIND_BY_NAME, KINDS, Kind
+from cityneuron.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_message
 from cityneuron.errors import ContractError
-from ingest.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_message
 
 log = logging.getLogger("cityneuron.ingest")
 

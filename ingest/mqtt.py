@@ -24,10 +24,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityneuron import contract
+from cityneuron.decode import Message
 from cityneuron.mqttclient import mqtt5_client
 from cityneuron.settings import IngestSettings, MqttSettings
 from ingest.alerts.engine import Transition
-from ingest.decode import Message
 from ingest.observability import IngestMetrics
 from ingest.paholoop import BufferedClient
 

@@ -26,7 +26,7 @@ import numpy as np
 import psycopg
 
 from cityneuron import contract
-from ingest.decode import NO_SEQ, Decoded
+from cityneuron.decode import NO_SEQ, Decoded
 from ingest.staging import StagedKind
 
 

@@ -13,8 +13,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cityneuron.contract import ms_to_datetime
+from cityneuron.decode import DISTRICT_MISMATCH, Decoded
 from cityneuron.errors import Reason
-from ingest.decode import DISTRICT_MISMATCH, Decoded
 
 # About 100 bytes an entry: a million devices is ~100 MB. Beyond it the cache starts over and
 # refills from the database, one query per batch for the devices it sees.

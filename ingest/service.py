@@ -13,10 +13,10 @@ import time
 from types import FrameType, TracebackType
 from typing import Self
 
+from cityneuron.decode import Message
 from cityneuron.settings import Settings
 from ingest.alerts.engine import AlertEngine
 from ingest.alerts.rules import load_rules
-from ingest.decode import Message
 from ingest.mqtt import MqttSource
 from ingest.observability import IngestMetrics, ObservabilityServer
 from ingest.registry import DeviceCache

@@ -17,8 +17,8 @@ import numpy as np
 from psycopg import sql
 
 from cityneuron.catalog import KIND_BY_NAME, KINDS, Kind
+from cityneuron.decode import NO_SEQ, Block, Decoded
 from ingest.copybuf import PG_EPOCH_US, CopyColumns
-from ingest.decode import NO_SEQ, Block, Decoded
 
 # jsonb_build_object takes at most 100 arguments (PostgreSQL FUNC_MAX_ARGS): 50 key/value pairs.
 _JSONB_PAIRS_PER_CALL = 50

@@ -19,12 +19,12 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from cityneuron.decode import DeadLetter, Decoded, expand
 from cityneuron.schema import SCHEMA_VERSION, SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings
 from ingest.alerts.engine import AlertEngine, Plan, Transition
 from ingest.alerts.rules import RuleSet
 from ingest.alerts.store import SilenceReport, apply_plan, check_silence, load_open_alerts, load_windows
-from ingest.decode import DeadLetter, Decoded, expand
 from ingest.errors import IngestError
 from ingest.quality import CREATE_STAGE as CREATE_DEVICE_STAGE
 from ingest.quality import QualityTotals, account, lock_devices, write_devices

@@ -20,10 +20,10 @@ import psycopg
 
 from cityneuron.backoff import backoff_delay_s
 from cityneuron.contract import now_ms
+from cityneuron.decode import STORE_FAILED, Decoded, Limits, Message
 from cityneuron.settings import IngestSettings
 from ingest.alerts.engine import Transition, log_transitions
 from ingest.alerts.rules import RuleSet
-from ingest.decode import STORE_FAILED, Decoded, Limits, Message
 from ingest.errors import IngestError
 from ingest.fastdecode import decode_batch
 from ingest.observability import IngestMetrics

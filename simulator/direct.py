@@ -30,9 +30,9 @@ from psycopg import sql
 
 from cityneuron.catalog import DISTRICTS, Kind
 from cityneuron.contract import ms_to_datetime, now_ms
+from cityneuron.decode import DeadLetter
 from cityneuron.schema import SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings, IngestSettings, Settings
-from ingest.decode import DeadLetter
 from simulator.city import ID_PREFIX, City, DeviceTable, build_city
 from simulator.directcheck import screen
 from simulator.drivers import Drivers

@@ -5,7 +5,7 @@ that pushes a value outside its catalog range (a spike of pole humidity to 790 %
 rollout's unknown metric would be stored where the broker path dead-letters it. Here a
 vectorised pre-screen with the catalog's bounds picks the few reports that may hold such a
 reading; each of those is rendered exactly as it goes on the wire (simulator.messages) and
-decoded by the ingest itself (``ingest.decode.decode_message``: catalog ranges, unknown
+decoded by the ingest itself (``cityneuron.decode.decode_message``: catalog ranges, unknown
 metrics, non-finite values, the dead letters' reason, detail and payload). So both paths agree
 by construction: the valid metrics of a reading are stored, the refused ones become the same
 dead letters, and a reading with nothing valid is not stored at all.
@@ -22,8 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cityneuron.contract import encode_reading, encode_readings
+from cityneuron.decode import DeadLetter, Limits, Message, decode_message
 from cityneuron.settings import IngestSettings
-from ingest.decode import DeadLetter, Limits, Message, decode_message
 from simulator.kinds import KindModel, Values
 from simulator.messages import telemetry_topic, wire_columns, wire_metrics
 

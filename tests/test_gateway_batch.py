@@ -22,11 +22,11 @@ from test_security_broker import FUTIAN_GATEWAY, NOT_AUTHORIZED, POLE_A, SecureB
 from cityneuron import contract
 from cityneuron.cli import main
 from cityneuron.contract import BATCH_DEVICE, batch_topic, encode_batch, encode_reading, now_ms
+from cityneuron.decode import DISTRICT_MISMATCH, Limits, Message, decode_message, expand
 from cityneuron.errors import ContractError, Reason
 from cityneuron.provision import CITY_GATEWAY, INGEST_USER
 from cityneuron.servers import MosquittoBroker
 from cityneuron.settings import DatabaseSettings, MqttSettings, Settings
-from ingest.decode import DISTRICT_MISMATCH, Limits, Message, decode_message, expand
 from ingest.service import IngestService
 from simulator.city import build_city
 from simulator.load.cli import EXIT_FAILED

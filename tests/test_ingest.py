@@ -15,9 +15,9 @@ from mqtttest import publisher
 from polling import eventually
 
 from cityneuron.contract import encode_reading, encode_readings, encode_status, now_ms
+from cityneuron.decode import Decoded, Limits, Message, decode_message
 from cityneuron.servers import MosquittoBroker, free_port
 from cityneuron.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
-from ingest.decode import Decoded, Limits, Message, decode_message
 from ingest.errors import IngestError
 from ingest.registry import DeviceCache
 from ingest.service import IngestService

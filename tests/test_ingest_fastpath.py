@@ -23,10 +23,10 @@ from polling import eventually
 
 from cityneuron.catalog import KIND_BY_NAME
 from cityneuron.contract import encode_reading, encode_readings, now_ms
+from cityneuron.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_message
 from cityneuron.servers import MosquittoBroker
 from cityneuron.settings import DatabaseSettings, IngestSettings
 from ingest.copybuf import PG_EPOCH_US, CopyColumns
-from ingest.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_message
 from ingest.fastdecode import decode_batch
 from ingest.paholoop import BufferedClient, _BufferedSocket
 from ingest.quality import QualityTotals, _account_kind, _Device, _step

@@ -1,5 +1,7 @@
 """Decoding and validation of inbound messages into reading rows, status updates and dead letters.
 
+The one validation of the wire contract: the ingest decodes every message with it, and the
+simulator's ``--direct`` path checks what it writes with it, so both refuse the same readings.
 Pure functions: no database, no network. The checks that need the device registry (unknown
 device, kind or district mismatch) happen in :mod:`ingest.registry`, inside the batch transaction.
 
