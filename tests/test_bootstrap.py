@@ -20,7 +20,7 @@ PROGRAM_PACKAGES = {
     "initdb": "postgresql",
     "pg_ctl": "postgresql",
     "psql": "postgresql",
-    "pg_partman": "partman",
+    "pg_partman": "postgresql-$pg_major-partman",
     "curl": "curl",
     "chromium": "chromium",
     "chromedriver": "chromium-driver",
@@ -61,7 +61,7 @@ def test_every_called_program_is_installed_by_bootstrap() -> None:
             if pattern.search(text):
                 called.setdefault(program, []).append(str(file.relative_to(ROOT)))
     # The scan must see the programs this project is known to call, or it checks nothing.
-    assert {"mosquitto_sub", "curl", "mosquitto"} <= called.keys(), sorted(called)
+    assert {"mosquitto_sub", "curl", "mosquitto", "chromium", "chromedriver"} <= called.keys(), sorted(called)
     missing = {
         program: files[:3]
         for program, files in called.items()

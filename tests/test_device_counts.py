@@ -20,6 +20,14 @@ SILENT_AFTER = 3.0
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """The fleet's times count back from the start of each test, not from the import of this
+    module: in a long session "seen 20 s ago" would otherwise be minutes ago (silent)."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 def _kept(conn: psycopg.Connection, district: str | None = None) -> Counter[tuple[str, str, str]]:
     query, params = status_counts_sql(SILENT_AFTER, district)
     return Counter({(d, k, s): int(n) for d, k, s, n in conn.execute(query, params).fetchall() if n})
