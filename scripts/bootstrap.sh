@@ -99,6 +99,7 @@ if [ "$want_bench" -eq 1 ]; then
 fi
 [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 
+# pg_partman for the installed server: postgresql-15-partman on Debian 12, postgresql-16-partman on Ubuntu 24.04.
 pg_major=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
 if [ ! -f "/usr/share/postgresql/$pg_major/extension/pg_partman.control" ]; then
     apt_install "postgresql-$pg_major-partman"
