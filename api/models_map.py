@@ -35,6 +35,8 @@ class MetricOut(BaseModel):
 class KindOut(BaseModel):
     name: str
     title: str
+    name_en: str = Field(description="short label (maps, legends, filters)")
+    name_zh: str = Field(description="short label in Chinese")
     interval_s: int = Field(description="catalog reporting interval, seconds")
     description: str
     metrics: list[MetricOut]
@@ -97,8 +99,10 @@ class StatesResponse(BaseModel):
         description="true: ids/status list every device not in default_status (forget what you had);"
         " false: only the devices whose state changed after since"
     )
-    registry: str = Field(description="as /map/positions: when it differs, fetch the positions again")
-    devices: int = Field(description="devices in the registry")
+    registry: str = Field(
+        description="as /map/positions: when it differs, fetch the positions again (empty with bbox=)"
+    )
+    devices: int = Field(description="devices in the registry (in the view with bbox=)")
     default_status: str = Field(description="state of every device not listed in a reset answer")
     ids: list[str]
     status: list[str] = Field(description="current state of ids[i]")

@@ -56,6 +56,9 @@ class Kind:
     interval_s: int
     metrics: tuple[Metric, ...]
     description: str = ""
+    # Short labels for maps, legends and filters (the operations screen, /catalog).
+    name_en: str = ""
+    name_zh: str = ""
     metric_by_name: Mapping[str, Metric] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +136,8 @@ KINDS: tuple[Kind, ...] = (
             Metric("emergency_call", "bool", 0.0, 1.0, "emergency call button pressed"),
         ),
         "lighting, environment, noise, Wi-Fi, EV charger and emergency call; reports every 1-5 min",
+        name_en="Smart pole",
+        name_zh="智能杆",
     ),
     Kind(
         "manhole_cover",
@@ -146,6 +151,8 @@ KINDS: tuple[Kind, ...] = (
             *_nbiot_radio(),
         ),
         "heartbeat every 15-60 min, alarms immediately",
+        name_en="Manhole cover",
+        name_zh="井盖",
     ),
     Kind(
         "water_meter",
@@ -174,6 +181,8 @@ KINDS: tuple[Kind, ...] = (
             *_nbiot_radio(),
         ),
         "uploads once a day carrying 24 hourly frozen readings",
+        name_en="Water meter",
+        name_zh="水表",
     ),
     Kind(
         "electricity_meter",
@@ -197,6 +206,8 @@ KINDS: tuple[Kind, ...] = (
             *_nbiot_radio(),
         ),
         "hourly frozen data",
+        name_en="Electricity meter",
+        name_zh="电表",
     ),
     Kind(
         "gas_meter",
@@ -209,6 +220,8 @@ KINDS: tuple[Kind, ...] = (
             *_nbiot_radio(),
         ),
         "uploads once a day carrying 24 hourly frozen readings",
+        name_en="Gas meter",
+        name_zh="燃气表",
     ),
     Kind(
         "air_station",
@@ -228,6 +241,8 @@ KINDS: tuple[Kind, ...] = (
             Metric("rain_mm", "mm", 0.0, 300.0, "rainfall in the interval"),
         ),
         "hourly values",
+        name_en="Air station",
+        name_zh="空气站",
     ),
     Kind(
         "water_quality_station",
@@ -245,6 +260,8 @@ KINDS: tuple[Kind, ...] = (
             Metric("tn_mgl", "mg/L", 0.0, 100.0, "total nitrogen", source="GB 3838-2002"),
         ),
         "one analysis every 4 h",
+        name_en="Water quality station",
+        name_zh="水质站",
     ),
     Kind(
         "hydrology_station",
@@ -258,6 +275,8 @@ KINDS: tuple[Kind, ...] = (
             Metric("supply_v", "V", 0.0, 30.0, "supply voltage"),
         ),
         "fixed-interval reports (SL 651 style), faster in alert mode",
+        name_en="Hydrology station",
+        name_zh="水文站",
     ),
 )
 KIND_BY_NAME: Mapping[str, Kind] = MappingProxyType({k.name: k for k in KINDS})

@@ -54,6 +54,9 @@ def test_catalog_is_the_catalog(client: httpx.Client) -> None:
     pole = next(k for k in body["kinds"] if k["name"] == "smart_pole")
     assert pole["interval_s"] == KINDS[0].interval_s
     assert pole["commands"] == ["set_lamp_level"]
+    # Every kind has both short labels: the screen names kinds from these alone.
+    assert all(k["name_en"] and k["name_zh"] for k in body["kinds"])
+    assert (pole["name_en"], pole["name_zh"]) == ("Smart pole", "智能杆")
     pm25 = next(m for m in pole["metrics"] if m["name"] == "pm25")
     assert (pm25["unit"], pm25["low"], pm25["high"]) == ("ug/m3", 0.0, 1000.0)
     assert body["aqi_categories"][0]["colour"] == "#00E400"
@@ -134,6 +137,31 @@ def test_states_reset_then_only_changes(client: httpx.Client, database: Database
     assert dict(zip(delta["ids"], delta["status"], strict=True)) == {"pole-a": "offline", "pole-b": "online"}
     # A version from before anything this process kept: everything again.
     assert client.get("/map/states", params={"since": 1}).json()["reset"] is True
+
+
+def test_states_of_one_view(client: httpx.Client, database: DatabaseSettings) -> None:
+    _seed(database.url)
+    # Futian's corner: pole-a (online) and aq-c (silent); pole-b and wm-d lie outside.
+    view = {"bbox": "114.0,22.5,114.1,22.6"}
+    first = client.get("/map/states", params=view)
+    assert first.status_code == 200
+    body = first.json()
+    assert (body["reset"], body["version"], body["devices"]) == (True, 0, 2)
+    assert dict(zip(body["ids"], body["status"], strict=True)) == {"aq-c": "silent"}
+    etag = first.headers["etag"]
+    assert client.get("/map/states", params=view, headers={"If-None-Match": etag}).status_code == 304
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET online = false WHERE device_id = 'pole-a'")
+        conn.execute("UPDATE devices SET online = false WHERE device_id = 'pole-b'")  # not in view
+    changed = client.get("/map/states", params=view, headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert dict(zip(changed.json()["ids"], changed.json()["status"], strict=True)) == {
+        "aq-c": "silent",
+        "pole-a": "offline",
+    }
+    refused = client.get("/map/states", params={**view, "since": 3})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_query"
+    assert client.get("/map/states", params={"bbox": "1,2,3"}).status_code == 400
 
 
 def test_status_log_merges_changes_and_forgets_old_versions() -> None:

@@ -57,6 +57,8 @@ def build_catalog() -> CatalogResponse:
             KindOut(
                 name=k.name,
                 title=k.title,
+                name_en=k.name_en,
+                name_zh=k.name_zh,
                 interval_s=k.interval_s,
                 description=k.description,
                 metrics=[

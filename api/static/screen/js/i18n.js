@@ -170,26 +170,6 @@ const STRINGS = {
   },
 };
 
-const KIND_ZH = {
-  smart_pole: "智能杆",
-  manhole_cover: "井盖",
-  water_meter: "水表",
-  electricity_meter: "电表",
-  gas_meter: "燃气表",
-  air_station: "空气站",
-  water_quality_station: "水质站",
-  hydrology_station: "水文站",
-};
-const KIND_EN = {
-  smart_pole: "Smart pole",
-  manhole_cover: "Manhole cover",
-  water_meter: "Water meter",
-  electricity_meter: "Electricity meter",
-  gas_meter: "Gas meter",
-  air_station: "Air station",
-  water_quality_station: "Water quality",
-  hydrology_station: "Hydrology",
-};
 const STORAGE = "cityneuron.lang";
 const listeners = [];
 let catalog = null;
@@ -221,8 +201,11 @@ export function districtName(slug) {
   return current === "zh" ? d.name_zh : d.name_en;
 }
 
+// Kind labels come from the catalog (cityneuron/catalog.py, via /catalog), like district names.
 export function kindName(name) {
-  return (current === "zh" ? KIND_ZH : KIND_EN)[name] || name;
+  const k = catalog && catalog.kinds.find((x) => x.name === name);
+  if (!k) return name;
+  return (current === "zh" ? k.name_zh : k.name_en) || name;
 }
 
 export function setLanguage(value) {
