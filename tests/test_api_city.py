@@ -373,6 +373,22 @@ def test_water_quality_classes(database: DatabaseSettings) -> None:
         later = _ok(client.get("/city/water-quality/stations", params={"at": _iso(AT + HOUR)}))
         assert _by(later["items"], "device_id")["wq-ba1"]["water_class"] == "劣V"
 
+        # Polled with If-None-Match: the weak ETag ignores `at`, so the same classes are a 304 even
+        # though the evaluation time moved; other classes are a full answer.
+        first = client.get("/city/water-quality/stations", params={"at": _iso(AT + HOUR)})
+        etag = first.headers["etag"]
+        assert etag.startswith('W/"')
+        same = client.get(
+            "/city/water-quality/stations",
+            params={"at": _iso(AT + 2 * HOUR)},
+            headers={"If-None-Match": etag},
+        )
+        assert same.status_code == 304 and same.content == b""
+        other = client.get(
+            "/city/water-quality/stations", params={"at": _iso(AT)}, headers={"If-None-Match": etag}
+        )
+        assert other.status_code == 200 and other.headers["etag"] != etag
+
 
 # --- rain ---------------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
 
 from api.cityviews import aqi, rain, water_quality
 from api.cityviews.air_means import (
@@ -21,6 +22,7 @@ from api.cityviews.air_means import (
 )
 from api.deps import Conn, check_district
 from api.errors import BadRequest
+from api.etag import NOT_MODIFIED, answer, make_etag
 from api.models_city import (
     AqiIndex,
     AqiPeriod,
@@ -206,14 +208,27 @@ def _header(
     }
 
 
-@router.get("/aqi/stations", response_model=StationAqiResponse, summary="AQI of every air station")
+def _conditional(request: Request, body: BaseModel) -> Response:
+    """The view with a weak ETag over everything but ``at`` (the evaluation time moves on every
+    call): a dashboard polling with If-None-Match gets 304 while the figures stand."""
+    content = body.model_dump_json(exclude={"at"})
+    return answer(request, body.model_dump_json().encode(), make_etag(content, weak=True))
+
+
+@router.get(
+    "/aqi/stations",
+    response_model=StationAqiResponse,
+    responses=NOT_MODIFIED,
+    summary="AQI of every air station",
+)
 async def aqi_stations(
+    request: Request,
     conn: Conn,
     at: At,
     district: DistrictParam = None,
     standard: StandardParam = "HJ633-2026",
     period: PeriodParam = "hourly",
-) -> StationAqiResponse:
+) -> Response:
     """Concentrations used, IAQI per indicator, AQI, primary pollutants, category, level, colour."""
     if district is not None:
         check_district(district)
@@ -224,19 +239,28 @@ async def aqi_stations(
         StationAqi(device_id=s.device_id, district=s.district, **aqi_index(s.hours, per, std).model_dump())
         for s in stations
     ]
-    return StationAqiResponse.model_validate(
-        {**_header(at, per, std, window), "method": _AQI_METHOD[per], "items": items}
+    return _conditional(
+        request,
+        StationAqiResponse.model_validate(
+            {**_header(at, per, std, window), "method": _AQI_METHOD[per], "items": items}
+        ),
     )
 
 
-@router.get("/aqi/districts", response_model=DistrictAqiResponse, summary="AQI of every district")
+@router.get(
+    "/aqi/districts",
+    response_model=DistrictAqiResponse,
+    responses=NOT_MODIFIED,
+    summary="AQI of every district",
+)
 async def aqi_districts(
+    request: Request,
     conn: Conn,
     at: At,
     district: DistrictParam = None,
     standard: StandardParam = "HJ633-2026",
     period: PeriodParam = "hourly",
-) -> DistrictAqiResponse:
+) -> Response:
     """Each district's AQI from the mean of its stations' hourly concentrations."""
     districts = _districts(district)
     std, per = aqi.Standard(standard), aqi.Period(period)
@@ -255,8 +279,11 @@ async def aqi_districts(
                 **aqi_index(series, per, std).model_dump(),
             )
         )
-    return DistrictAqiResponse.model_validate(
-        {**_header(at, per, std, window), "method": _AQI_METHOD[per] + _DISTRICT_METHOD, "items": items}
+    return _conditional(
+        request,
+        DistrictAqiResponse.model_validate(
+            {**_header(at, per, std, window), "method": _AQI_METHOD[per] + _DISTRICT_METHOD, "items": items}
+        ),
     )
 
 
@@ -292,19 +319,25 @@ def _water_item(analysis: queries.WaterAnalysis) -> StationWaterQuality:
 @router.get(
     "/water-quality/stations",
     response_model=WaterQualityResponse,
+    responses=NOT_MODIFIED,
     summary="GB 3838-2002 class of every water-quality station",
 )
-async def water_quality_stations(conn: Conn, at: At, district: DistrictParam = None) -> WaterQualityResponse:
+async def water_quality_stations(
+    request: Request, conn: Conn, at: At, district: DistrictParam = None
+) -> Response:
     """Class and deciding parameter(s) from each station's latest analysis at or before ``at``."""
     if district is not None:
         check_district(district)
     analyses = await queries.latest_water_analyses(conn, at=at, lookback=WATER_LOOKBACK, district=district)
-    return WaterQualityResponse(
-        standard="GB 3838-2002",
-        at=at,
-        lookback_hours=int(WATER_LOOKBACK / timedelta(hours=1)),
-        method=_WATER_METHOD,
-        items=[_water_item(a) for a in analyses],
+    return _conditional(
+        request,
+        WaterQualityResponse(
+            standard="GB 3838-2002",
+            at=at,
+            lookback_hours=int(WATER_LOOKBACK / timedelta(hours=1)),
+            method=_WATER_METHOD,
+            items=[_water_item(a) for a in analyses],
+        ),
     )
 
 
@@ -315,8 +348,13 @@ def _category(value: float | None, grade: rain.Grader) -> RainCategoryOut | None
     return RainCategoryOut(key=cat.key, name_zh=cat.name_zh, name_en=cat.name_en)
 
 
-@router.get("/rain/districts", response_model=RainResponse, summary="Rain and rainstorm warning per district")
-async def rain_districts(conn: Conn, at: At, district: DistrictParam = None) -> RainResponse:
+@router.get(
+    "/rain/districts",
+    response_model=RainResponse,
+    responses=NOT_MODIFIED,
+    summary="Rain and rainstorm warning per district",
+)
+async def rain_districts(request: Request, conn: Conn, at: At, district: DistrictParam = None) -> Response:
     """Last-hour rain and category, 3/6/12/24 h accumulations and the rainstorm warning level."""
     districts = _districts(district)
     stations = await queries.rain_accumulations(conn, at=at, district=district)
@@ -342,4 +380,6 @@ async def rain_districts(conn: Conn, at: At, district: DistrictParam = None) -> 
                 warning_zh=level.name_zh if level is not None else None,
             )
         )
-    return RainResponse(at=at, standard=_RAIN_STANDARD, method=_RAIN_METHOD, items=items)
+    return _conditional(
+        request, RainResponse(at=at, standard=_RAIN_STANDARD, method=_RAIN_METHOD, items=items)
+    )

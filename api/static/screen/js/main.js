@@ -118,7 +118,8 @@ async function main() {
   }
 
   async function pollWater() {
-    const { body: water } = await getJSON("/city/water-quality/stations");
+    const { body: water, changed } = await getJSON("/city/water-quality/stations");
+    if (!changed && state.water) return;
     state.water = water;
     renderWater(body("water-panel"), water, openDevice);
   }
