@@ -115,13 +115,30 @@ async def positions(conn: AsyncConn, where: MapFilter, limit: int) -> PositionCo
 
 async def not_online(conn: AsyncConn, silent_after_intervals: float) -> dict[str, str]:
     """Every device whose state is not ``online``, with that state."""
+    found, _ = await not_online_in(conn, MapFilter(), silent_after_intervals)
+    return found
+
+
+async def not_online_in(
+    conn: AsyncConn, where: MapFilter, silent_after_intervals: float
+) -> tuple[dict[str, str], int]:
+    """The devices matching ``where`` whose state is not ``online`` (with it), and how many match."""
     status = status_sql(silent_after_intervals)
+    params: dict[str, Any] = dict(status.named_params)
     query = sql.SQL(
-        "SELECT device_id, status FROM (SELECT d.device_id, {status} AS status FROM devices d) s"
+        "SELECT device_id, status FROM (SELECT d.device_id, {status} AS status FROM devices d{where}) s"
         " WHERE status <> 'online'"
-    ).format(status=status.sql)
-    cur = await conn.execute(query, status.named_params)
-    return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+        " UNION ALL SELECT NULL, count(*)::text FROM devices d{where}"
+    ).format(status=status.sql, where=_where(where.conditions(params)))
+    cur = await conn.execute(query, params)
+    found: dict[str, str] = {}
+    matched = 0
+    for device_id, value in await cur.fetchall():
+        if device_id is None:
+            matched = int(value)
+        else:
+            found[str(device_id)] = str(value)
+    return found, matched
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,12 +160,30 @@ async def states(
         int | None,
         Query(ge=0, description="version of the previous answer; omit for every device not online"),
     ] = None,
+    bbox: Annotated[
+        str | None,
+        Query(
+            description="min_lon,min_lat,max_lon,max_lat: only the devices in this view, always as a"
+            " reset (poll it with If-None-Match); not with since=",
+            examples=["114.05,22.53,114.07,22.55"],
+        ),
+    ] = None,
 ) -> Response:
     """First call without ``since``: every device that is not online (the others are). Then pass the
     answer's ``version`` as ``since``: only devices whose state changed, each with its current
     state; with If-None-Match, 304 while nothing changed. States are re-read at most once per
-    api.shared_view_max_age_ms for all clients together."""
+    api.shared_view_max_age_ms for all clients together.
+
+    With ``bbox`` (a map zoomed in on a city too big for one list, such as the 1:1 city): the
+    devices of that view not online, counted in the database for the view alone; ``version`` is 0
+    and ``registry`` empty (the answer is always whole: poll it with If-None-Match)."""
     silent = state.settings.ingest.silent_after_intervals
+    if bbox is not None:
+        if since is not None:
+            raise BadRequest(
+                "since= and bbox= do not combine: a bbox answer is always whole", code="invalid_query"
+            )
+        return _answer(request, await _view_states(state, _filter(None, bbox), bbox, silent))
 
     async def take() -> tuple[dict[str, str], int, str]:
         async with state_connection(state) as conn:
@@ -187,6 +205,27 @@ async def states(
         }
     )
     return _answer(request, RenderedView(body, make_etag(body)))
+
+
+async def _view_states(state: ApiState, where: queries.MapFilter, bbox: str, silent: float) -> RenderedView:
+    async def render() -> RenderedView:
+        async with state_connection(state) as conn:
+            found, devices = await queries.not_online_in(conn, where, silent)
+        ids = sorted(found)
+        body = dumps(
+            {
+                "version": 0,
+                "reset": True,
+                "registry": "",
+                "devices": devices,
+                "default_status": "online",
+                "ids": ids,
+                "status": [found[i] for i in ids],
+            }
+        )
+        return RenderedView(body, make_etag(body))
+
+    return await state.views.get(("map-states", bbox), render)
 
 
 @router.get(

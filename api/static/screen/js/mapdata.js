@@ -45,6 +45,7 @@ export class MapData {
     this.mode = null; // "devices" | "density"
     this.total = 0;
     this.bboxKey = null;
+    this.viewBox = null; // bbox= of the single devices drawn in density mode
   }
 
   // `positions`: an answer to /map/positions already fetched (null when it was refused as too big).
@@ -69,12 +70,14 @@ export class MapData {
       this.map.setRegions(districtRegions(this.catalog.districts, points));
     }
     if (this.mode === "density") {
-      // A city this size: /map/states would list the whole city's devices not online, so the
-      // single devices of a zoomed-in view are drawn without their state (see docs/screen.md).
+      // A city this size: /map/states for the whole city would list millions of devices, so a
+      // zoomed-in view asks for the states of its own devices (bbox=), polled like the rest.
+      this.viewBox = params.bbox;
       this.store.status.fill(STATUS_ORDER.indexOf("unknown"));
     } else if (states && states.registry === this.store.registry) this.store.applyStates(states);
     else await this.pollStates();
     this.map.setDevices(this.store);
+    if (this.mode === "density" && (await this.pollStates())) this.map.request();
   }
 
   // Cell size from the view: about 6 px per cell, between 0.002 and 0.2 degrees.
@@ -110,13 +113,19 @@ export class MapData {
     if (bins && inView <= MAX_DRAWN) {
       await this.loadPositions(box);
     } else {
+      this.viewBox = null;
       await this.loadDensity();
     }
   }
 
   // One poll of the states; true when the map must be redrawn.
   async pollStates() {
-    if (!this.store.count || this.mode === "density") return false;
+    if (!this.store.count) return false;
+    if (this.mode === "density") {
+      if (!this.viewBox || this.map.bins) return false; // density bins on screen: nothing to colour
+      const { body, changed } = await getJSON("/map/states", { bbox: this.viewBox });
+      return changed && this.store.applyStates(body);
+    }
     const since = this.store.version;
     const params = since === null ? {} : { since };
     const { body, changed } = await getJSON("/map/states", params);
