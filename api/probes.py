@@ -101,7 +101,8 @@ async def _database_facts(db: DatabaseSettings, min_devices: int) -> dict[str, A
         cur = await conn.execute(
             "SELECT current_setting('server_version'),"
             " (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),"
-            " to_regclass('schema_version') IS NOT NULL"
+            " to_regclass('schema_version') IS NOT NULL,"
+            " to_regclass('device_state_counts') IS NOT NULL"
         )
         row = await cur.fetchone()
         assert row is not None
@@ -115,18 +116,23 @@ async def _database_facts(db: DatabaseSettings, min_devices: int) -> dict[str, A
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             version = await cur.fetchone()
             facts["schema_version"] = version[0] if version else None
-            # Counted up to the threshold only: a count(*) of a registry of millions takes seconds.
-            cur = await conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM devices LIMIT %s) AS d", (max(1, min_devices),)
-            )
+            # From the counts the triggers keep (cityneuron.device_counts): a count(*) of a
+            # registry of millions takes seconds, and `up` polls this while the registry loads.
+            # Before schema version 3 there is no such table: counted up to the threshold only.
+            if row[3]:
+                cur = await conn.execute("SELECT coalesce(sum(n), 0) FROM device_state_counts")
+            else:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM devices LIMIT %s) AS d", (max(1, min_devices),)
+                )
             counted = await cur.fetchone()
-            facts["devices"] = counted[0] if counted else 0
+            facts["devices"] = int(counted[0]) if counted else 0
         return facts
 
 
 async def probe_database(db: DatabaseSettings, timeout_s: float, min_devices: int = 1) -> DatabaseHealth:
     """Versions from a fresh connection (not the pool: the probe reports the real reason), and
-    the registered devices counted up to ``min_devices``."""
+    the registered devices (from device_state_counts, else counted up to ``min_devices``)."""
     try:
         facts = await asyncio.wait_for(_database_facts(db, min_devices), timeout_s)
     except TimeoutError:
