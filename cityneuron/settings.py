@@ -136,6 +136,9 @@ class StackSettings(BaseModel):
     home: Path = Path(".cityneuron")
     postgres_port: int = Field(55432, ge=1, le=65535)
     postgres_bin_dir: Path | None = None
+    # None: 256 MB, or for a city of a million devices and more its registry's working set (at
+    # most 40 % of RAM; cityneuron.pgmemory).
+    postgres_shared_buffers_mb: int | None = Field(None, ge=128)
     mosquitto_bin: Path | None = None
     run_simulator: bool = True
     # Broker security for the local stack: per-device passwords, ACL, TLS listener.

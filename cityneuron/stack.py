@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-from cityneuron import localstack
+from cityneuron import localstack, pgmemory
 from cityneuron.errors import ConfigError
 from cityneuron.homedir import prepare_home
 from cityneuron.provision import (
@@ -370,6 +370,13 @@ def _start_simulator(
     return sim
 
 
+def _prewarm(postgres: PostgresServer) -> None:
+    """A large registry read into shared buffers before anything writes to it (pgmemory)."""
+    started = time.monotonic()
+    blocks = postgres.prewarm(PostgresServer.DATABASE, pgmemory.REGISTRY_TABLES)
+    log.info("registry read into memory: %d MB in %.1f s", blocks * 8 // 1024, time.monotonic() - started)
+
+
 def _ensure_admin_key(settings: Settings, home: Path) -> Path:
     """An admin API key for the person running the stack, kept across restarts."""
     from api.keys import Scope, ensure_token_file
@@ -390,9 +397,14 @@ def run_stack(settings: Settings) -> int:
     check_per_device_mode(settings)
     stop = _StopRequest()
     with ExitStack() as stack:
+        devices = city_size(settings)
         postgres = stack.enter_context(
             PostgresServer(
-                home / "postgres", settings.stack.postgres_port, bin_dir=settings.stack.postgres_bin_dir
+                home / "postgres",
+                settings.stack.postgres_port,
+                bin_dir=settings.stack.postgres_bin_dir,
+                shared_buffers_mb=settings.stack.postgres_shared_buffers_mb
+                or pgmemory.shared_buffers_mb(devices),
             )
         )
         broker, provisioned = _start_broker(settings, stack)
@@ -400,6 +412,8 @@ def run_stack(settings: Settings) -> int:
             update={"database": settings.database.model_copy(update={"url": postgres.url})}
         )
         info = init_schema(settings.database)
+        if devices >= pgmemory.LARGE_CITY_DEVICES:
+            _prewarm(postgres)
         admin_token_file = _ensure_admin_key(settings, home)
         children = _Children(_child_env(settings))
         stack.callback(children.stop)
