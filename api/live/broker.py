@@ -33,6 +33,8 @@ log = logging.getLogger("cityneuron.api.live")
 
 # How long a command publish may wait for the broker's PUBACK before the API gives up.
 PUBLISH_TIMEOUT_S = 5.0
+# How long the telemetry subscription outlives the last stream client.
+TELEMETRY_LINGER_S = 10.0
 _SUBSCRIBED_POLL_S = 0.05
 
 AckHandler = Callable[[contract.DeviceTopic, contract.CommandAck], None]
@@ -44,19 +46,30 @@ class BrokerUnavailable(ApiError):
 
 
 def subscriptions() -> list[tuple[str, SubscribeOptions]]:
-    """Telemetry at QoS 0 (a live view, missing one is harmless); alerts and acks at QoS 1."""
+    """Alerts and command acks at QoS 1, always."""
     return [
-        (contract.subscription(contract.TELEMETRY), SubscribeOptions(qos=0)),
         (f"{contract.ALERTS_TOPIC_ROOT}/#", SubscribeOptions(qos=1)),
         (contract.subscription(contract.CMD_ACK), SubscribeOptions(qos=1)),
     ]
+
+
+def telemetry_subscription() -> tuple[str, SubscribeOptions]:
+    """Telemetry at QoS 0 (a live view, missing one is harmless), only while a stream client
+    listens: at 1:1 the city sends 2,850 messages/s, and receiving them for nobody cost the API
+    about half a core."""
+    return (contract.subscription(contract.TELEMETRY), SubscribeOptions(qos=0))
 
 
 class BrokerLink:
     """Owns the paho client; ``start`` and ``stop`` from the application lifespan."""
 
     def __init__(
-        self, mqtt: MqttSettings, hub: Hub, on_ack: AckHandler, client_id: str | None = None
+        self,
+        mqtt: MqttSettings,
+        hub: Hub,
+        on_ack: AckHandler,
+        client_id: str | None = None,
+        telemetry_linger_s: float = TELEMETRY_LINGER_S,
     ) -> None:
         self._mqtt = mqtt
         self._hub = hub
@@ -65,7 +78,16 @@ class BrokerLink:
         self.client_id = client_id or f"cityneuron-api-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed = threading.Event()
+        # Telemetry: wanted while the hub has clients; subscribed once the broker said so.
+        self._lock = threading.Lock()
+        self._telemetry_wanted = False
+        self._telemetry_mid: int | None = None
+        self._telemetry_subscribed = threading.Event()
+        self._telemetry_linger_s = telemetry_linger_s
+        # Telemetry messages the broker delivered to this link (to see that idle costs nothing).
+        self.telemetry_received = 0
         self._client = self._make_client()
+        hub.on_demand(self._telemetry_demand)
 
     def _make_client(self) -> paho.Client:
         client = mqtt5_client(self.client_id, self._mqtt, "cityneuron.api.paho")
@@ -81,7 +103,9 @@ class BrokerLink:
 
     @property
     def subscribed(self) -> bool:
-        return self._subscribed.is_set() and self._client.is_connected()
+        """Connected, with alerts and acks subscribed, and telemetry too while clients listen."""
+        telemetry = self._telemetry_subscribed.is_set() or not self._telemetry_wanted
+        return self._subscribed.is_set() and telemetry and self._client.is_connected()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Connect in the background; paho retries until the broker answers."""
@@ -116,6 +140,37 @@ class BrokerLink:
         if not info.is_published():
             raise BrokerUnavailable(f"the MQTT broker did not acknowledge within {PUBLISH_TIMEOUT_S:g} s")
 
+    def _count_telemetry(self) -> bool:
+        self.telemetry_received += 1
+        return True
+
+    def _telemetry_demand(self, wanted: bool) -> None:
+        """From the hub (event loop): the first client arrived or the last one left."""
+        if wanted:
+            with self._lock:
+                self._telemetry_wanted = True
+                if self._client.is_connected() and self._telemetry_mid is None:
+                    self._subscribe_telemetry(self._client)
+        elif self._loop is not None:
+            # A client that reconnects at once (a dashboard changing its filter) keeps the feed.
+            self._loop.call_later(self._telemetry_linger_s, self._drop_telemetry)
+
+    def _drop_telemetry(self) -> None:
+        if self._hub.has_subscribers:
+            return
+        with self._lock:
+            self._telemetry_wanted = False
+            self._telemetry_subscribed.clear()
+            if self._telemetry_mid is not None and self._client.is_connected():
+                self._client.unsubscribe(telemetry_subscription()[0])
+            self._telemetry_mid = None
+
+    def _subscribe_telemetry(self, client: paho.Client) -> None:
+        # Called with self._lock held.
+        self._telemetry_subscribed.clear()
+        _, mid = client.subscribe([telemetry_subscription()])
+        self._telemetry_mid = mid
+
     # --- paho callbacks (network thread) --------------------------------------------------------
 
     def _on_connect(
@@ -136,6 +191,10 @@ class BrokerLink:
             self.client_id,
         )
         client.subscribe(subscriptions())
+        with self._lock:
+            self._telemetry_mid = None
+            if self._telemetry_wanted:
+                self._subscribe_telemetry(client)
 
     def _on_subscribe(
         self,
@@ -149,6 +208,10 @@ class BrokerLink:
         if failures:
             log.error("api mqtt subscription refused: %s", ", ".join(failures))
             return
+        with self._lock:
+            if mid == self._telemetry_mid:
+                self._telemetry_subscribed.set()
+                return
         self._subscribed.set()
 
     def _on_disconnect(
@@ -160,6 +223,7 @@ class BrokerLink:
         properties: Properties | None,
     ) -> None:
         self._subscribed.clear()
+        self._telemetry_subscribed.clear()
         if reason_code.is_failure:
             log.warning("api mqtt disconnected: %s; reconnecting", reason_code)
 
@@ -180,7 +244,9 @@ class BrokerLink:
             if parsed.channel == contract.CMD_ACK:
                 ack = contract.decode_command_ack(bytes(msg.payload))
                 loop.call_soon_threadsafe(self._on_ack, parsed, ack)
-            elif parsed.channel == contract.TELEMETRY and self._hub.has_subscribers:
+            elif (
+                parsed.channel == contract.TELEMETRY and self._count_telemetry() and self._hub.has_subscribers
+            ):
                 events = reading_events(parsed, bytes(msg.payload))
                 if events:
                     loop.call_soon_threadsafe(self._hub.publish, events)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +114,12 @@ class Hub:
         self._max_queued = max_queued
         self._subscribers: set[Subscriber] = set()
         self.published = 0
+        self._on_demand: Callable[[bool], None] | None = None
+
+    def on_demand(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` when the first client subscribes, ``listener(False)`` when the
+        last one leaves: the broker link receives telemetry only while someone listens."""
+        self._on_demand = listener
 
     @property
     def has_subscribers(self) -> bool:
@@ -134,8 +140,13 @@ class Hub:
     @contextmanager
     def subscribe(self, stream_filter: StreamFilter) -> Iterator[Subscriber]:
         subscriber = Subscriber(stream_filter, self._max_queued)
+        first = not self._subscribers
         self._subscribers.add(subscriber)
+        if first and self._on_demand is not None:
+            self._on_demand(True)
         try:
             yield subscriber
         finally:
             self._subscribers.discard(subscriber)
+            if not self._subscribers and self._on_demand is not None:
+                self._on_demand(False)
