@@ -32,11 +32,14 @@ async function main() {
   apply();
   // The first answers in parallel: catalog, overview, and (for a city small enough to draw dot by
   // dot, which the positions request finds out for itself) the positions.
+  // The city-wide states only once the overview says the city is drawn dot by dot: for the 1:1
+  // city that list would be millions of devices (the map asks per view instead).
+  const overviewFirst = getJSON("/city/overview");
   const first = Promise.all([
     getJSON("/catalog"),
-    getJSON("/city/overview"),
+    overviewFirst,
     getJSON("/map/positions", { max: MAX_DRAWN }).catch(() => null),
-    getJSON("/map/states"),
+    overviewFirst.then(({ body }) => (body.devices.total <= MAX_DRAWN ? getJSON("/map/states") : { body: null })),
   ]);
   const [{ body: catalog }, overviewAnswer, positionsAnswer, statesAnswer] = await first;
   useCatalog(catalog);
