@@ -490,13 +490,14 @@ class PostgresServer(_ServerProcess):
         *,
         bin_dir: Path | None = None,
         timescaledb: bool | None = None,
-        shared_buffers_mb: int = 256,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self._bin_dir = bin_dir
         self._want_timescaledb = timescaledb
-        self._shared_buffers_mb = shared_buffers_mb
+        # Server settings over the defaults below (cityneuron.pgmemory sizes them for a city).
+        self._settings = {"shared_buffers": "256MB", "max_wal_size": "2GB", **(settings or {})}
         self._process: subprocess.Popen[bytes] | None = None
         self._user = _unprivileged_user()
         self.timescaledb_loaded = False
@@ -633,12 +634,10 @@ class PostgresServer(_ServerProcess):
             "-c",
             "max_connections=200",
             "-c",
-            f"shared_buffers={self._shared_buffers_mb}MB",
-            "-c",
-            "max_wal_size=2GB",
-            "-c",
             "log_min_messages=warning",
         ]
+        for name, value in self._settings.items():
+            args += ["-c", f"{name}={value}"]
         libraries = ["timescaledb"] if preload else []
         if preload:
             args += ["-c", "timescaledb.telemetry_level=off"]

@@ -403,8 +403,7 @@ def run_stack(settings: Settings) -> int:
                 home / "postgres",
                 settings.stack.postgres_port,
                 bin_dir=settings.stack.postgres_bin_dir,
-                shared_buffers_mb=settings.stack.postgres_shared_buffers_mb
-                or pgmemory.shared_buffers_mb(devices),
+                settings=pgmemory.server_settings(devices, settings.stack.postgres_shared_buffers_mb),
             )
         )
         broker, provisioned = _start_broker(settings, stack)

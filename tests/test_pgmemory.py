@@ -26,19 +26,29 @@ def test_small_cities_keep_the_default_and_large_ones_get_their_registry() -> No
     assert pgmemory.shared_buffers_mb(17_105_540, ram=24 * GIB) == int(24 * GIB * 0.4) // 2**20
     # A small machine never goes under the default.
     assert pgmemory.shared_buffers_mb(17_105_540, ram=512 * 2**20) == pgmemory.DEFAULT_SHARED_BUFFERS_MB
+    # WAL spaced out and compressed for the large city only; an explicit size wins.
+    assert pgmemory.server_settings(3_050) == {"shared_buffers": "256MB"}
+    large = pgmemory.server_settings(17_105_540, 4096)
+    assert large["shared_buffers"] == "4096MB" and large["wal_compression"] == "lz4"
+    assert large["max_wal_size"] == "16GB" and large["checkpoint_timeout"] == "30min"
 
 
 def test_server_takes_its_shared_buffers_and_prewarms_the_registry() -> None:
     root = Path(tempfile.mkdtemp(prefix="cityneuron-pgmem-"))
     root.chmod(0o711)
     try:
-        with PostgresServer(root / "pg", free_port(), timescaledb=False, shared_buffers_mb=160) as server:
+        with PostgresServer(
+            root / "pg", free_port(), timescaledb=False, settings=pgmemory.server_settings(10, 160)
+        ) as server:
             name = f"t_{uuid.uuid4().hex[:12]}"
             db = DatabaseSettings(url=server.create_database(name))
             init_schema(db)
             with psycopg.connect(db.url, autocommit=True) as conn:
-                row = conn.execute("SHOW shared_buffers").fetchone()
-                assert row == ("160MB",)
+                shown = conn.execute(
+                    "SELECT current_setting('shared_buffers'), current_setting('wal_compression'),"
+                    " current_setting('checkpoint_timeout')"
+                ).fetchone()
+                assert shown == ("160MB", "lz4", "30min")
                 conn.execute(
                     "INSERT INTO devices (device_id, kind, district)"
                     " SELECT 'pole-futian-' || lpad(g::text, 5, '0'), 'smart_pole', 'futian'"
