@@ -38,7 +38,7 @@ def test_server_takes_its_shared_buffers_and_prewarms_the_registry() -> None:
     root.chmod(0o711)
     try:
         with PostgresServer(
-            root / "pg", free_port(), timescaledb=False, settings=pgmemory.server_settings(10, 160)
+            root / "pg", free_port(), timescaledb=False, settings=pgmemory.server_settings(17_105_540, 160)
         ) as server:
             name = f"t_{uuid.uuid4().hex[:12]}"
             db = DatabaseSettings(url=server.create_database(name))
