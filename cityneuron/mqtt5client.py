@@ -224,12 +224,10 @@ class Mqtt5Client:
     def close(self) -> None:
         """DISCONNECT (reason 0: the session stays), wait for the broker to close, stop."""
         self._closing.set()
-        sock = self._sock
-        if sock is not None and self._write(encode_disconnect()):
-            # Half-close and let the reader see the broker close its side: closing a socket
-            # with unread bytes resets the connection and could discard the DISCONNECT.
-            with suppress(OSError), self._tls_lock:
-                sock.shutdown(socket.SHUT_WR)
+        # The broker closes the connection on DISCONNECT (MQTT 5.0 section 3.14.4); the reader
+        # waits for that before the socket is closed: closing it with unread bytes would reset
+        # the connection and could discard the DISCONNECT.
+        self._write(encode_disconnect())
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self.settings.connect_timeout_s + 2 * _TICK_S)
         with self._lock:
