@@ -23,8 +23,7 @@ from polling import eventually
 
 from cityneuron.decode import Message
 from cityneuron.mqtt5client import Mqtt5Client
-from cityneuron.mqtt5wire import RawPublish, Reader, Subscription, encode_pubacks
-from cityneuron.mqttwire import CONNECT, PUBLISH, PacketParser, remaining_length
+from cityneuron.mqtt5wire import RawPublish, Subscription
 from cityneuron.servers import MosquittoBroker
 from cityneuron.settings import IngestSettings, MqttSettings
 from ingest.mqtt import MqttSource
@@ -302,73 +301,3 @@ def test_source_acks_only_messages_of_the_current_connection(broker: MosquittoBr
         assert source.ack([again]) == 1
     finally:
         source.stop()
-
-
-def _packets_until_quiet(
-    sock: socket.socket, parser: PacketParser, quiet_s: float = 0.5
-) -> list[tuple[int, bytes]]:
-    """What the client sent until it stayed quiet for ``quiet_s``."""
-    packets: list[tuple[int, bytes]] = []
-    sock.settimeout(quiet_s)
-    while True:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            return packets
-        if not data:
-            return packets
-        packets += parser.feed(data)
-
-
-def _publishes(packets: list[tuple[int, bytes]]) -> list[tuple[bool, int, bytes]]:
-    """(DUP, packet id, payload) of each PUBLISH; other packets (PINGREQ) left out."""
-    out = []
-    for first, body in packets:
-        if first >> 4 == PUBLISH:
-            (_, _, packet_id, payload), *_ = Reader().feed(
-                bytes((first,)) + remaining_length(len(body)) + body
-            )[0]
-            out.append((bool(first & 0x08), packet_id, payload))
-    return out
-
-
-def test_qos1_publishing_keeps_to_the_servers_receive_maximum_and_resends_with_dup() -> None:
-    """Against a scripted server (Mosquitto acknowledges QoS 1 at once, so it never shows the
-    window filling): at most the CONNACK's Receive Maximum unacknowledged, and after a
-    reconnect the unacknowledged ones again with DUP, before anything new."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(10)
-    connack = b"\x20\x06\x00\x00\x03\x21\x00\x02"  # Receive Maximum 2
-    client = Mqtt5Client(MqttSettings(port=server.getsockname()[1], reconnect_max_delay_s=1.0), _id())
-    try:
-        client.start()
-        conn, _ = server.accept()
-        parser = PacketParser()
-        [(first, _)] = _packets_until_quiet(conn, parser)
-        assert first >> 4 == CONNECT
-        conn.sendall(connack)
-        for n in range(5):
-            client.publish("alerts/x", b"%d" % n)
-        sent = _publishes(_packets_until_quiet(conn, parser))
-        assert [(dup, payload) for dup, _, payload in sent] == [(False, b"0"), (False, b"1")]
-        conn.sendall(encode_pubacks([sent[0][1]]))
-        more = _publishes(_packets_until_quiet(conn, parser))
-        assert [(dup, payload) for dup, _, payload in more] == [(False, b"2")]
-        conn.close()  # the connection breaks with "1" and "2" unacknowledged
-
-        conn, _ = server.accept()
-        parser = PacketParser()
-        assert _packets_until_quiet(conn, parser)[0][0] >> 4 == CONNECT
-        conn.sendall(b"\x20\x06\x01\x00\x03\x21\x00\x02")  # session present
-        again = _publishes(_packets_until_quiet(conn, parser))
-        assert [(dup, payload) for dup, _, payload in again] == [(True, b"1"), (True, b"2")]
-        assert [packet_id for _, packet_id, _ in again] == [sent[1][1], more[0][1]]
-        conn.sendall(encode_pubacks([packet_id for _, packet_id, _ in again]))
-        rest = _publishes(_packets_until_quiet(conn, parser))
-        assert [(dup, payload) for dup, _, payload in rest] == [(False, b"3"), (False, b"4")]
-        conn.sendall(encode_pubacks([packet_id for _, packet_id, _ in rest]))
-        assert eventually(lambda: client.in_flight, lambda n: n == 0) == 0
-        conn.close()
-    finally:
-        client.close()
-        server.close()
