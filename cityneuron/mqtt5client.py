@@ -25,12 +25,12 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 
 from cityneuron.backoff import backoff_delay_s, wait_unless_set
 from cityneuron.errors import MqttError
+from cityneuron.mqtt5outbox import DEFAULT_RECEIVE_MAXIMUM, Outbox
 from cityneuron.mqtt5wire import (
     RECEIVE_MAXIMUM,
     SERVER_KEEP_ALIVE,
@@ -53,13 +53,11 @@ from cityneuron.mqtt5wire import (
     encode_unsubscribe,
     is_failure,
     reason_name,
-    with_dup,
 )
 from cityneuron.mqttclient import tls_context
 from cityneuron.mqttwire import (
     CONNACK,
     DISCONNECT,
-    MAX_PACKET_ID,
     PINGRESP,
     PUBACK,
     PUBREL,
@@ -73,8 +71,6 @@ _READ_BYTES = 256 * 1024
 _RECONNECT_MIN_DELAY_S = 1.0
 # How often the reader looks at the keep-alive and the closing flag while the line is quiet.
 _TICK_S = 0.5
-# A server-assigned receive maximum is absent when it is 65,535 (MQTT 5.0 section 3.2.2.3.3).
-_DEFAULT_RECEIVE_MAXIMUM = 65_535
 
 
 class ConnectRefused(MqttError):
@@ -106,7 +102,7 @@ class Mqtt5Client:
         *,
         clean_start: bool = True,
         session_expiry_s: int = 0,
-        receive_maximum: int = _DEFAULT_RECEIVE_MAXIMUM,
+        receive_maximum: int = DEFAULT_RECEIVE_MAXIMUM,
         on_connect: Callable[[bool], None] = _nothing,
         on_subscribe: Callable[[int, list[int]], None] = _nothing,
         on_publishes: Callable[[list[RawPublish], int], None] = _nothing,
@@ -141,16 +137,7 @@ class Mqtt5Client:
         self._keepalive_s = settings.keepalive_s
         self._last_sent = time.monotonic()
         self._ping_sent_at: float | None = None
-        # Outbound QoS 1: every message until its PUBACK (in publishing order), those still to be
-        # written on this connection, those written and unacknowledged, those ever written (DUP).
-        self._outbound: dict[int, bytes] = {}
-        self._queued: deque[int] = deque()
-        self._in_window: set[int] = set()
-        self._ever_written: set[int] = set()
-        self._server_receive_maximum = _DEFAULT_RECEIVE_MAXIMUM
-        # Packet ids of SUBSCRIBE/UNSUBSCRIBE waiting for their answer (shared id space).
-        self._control_ids: set[int] = set()
-        self._last_id = 0
+        self._outbox = Outbox()
         # Inbound QoS 2 messages answered with PUBREC and not yet released by PUBREL: a PUBLISH
         # with one of these ids is a duplicate of a message already handed on (section 4.3.3).
         self._qos2_unreleased: set[int] = set()
@@ -167,7 +154,7 @@ class Mqtt5Client:
     @property
     def in_flight(self) -> int:
         """QoS 1 messages published and not yet acknowledged by the broker."""
-        return len(self._outbound)
+        return len(self._outbox)
 
     def start(self) -> None:
         """Connect (and keep reconnecting) on the reader thread."""
@@ -177,15 +164,13 @@ class Mqtt5Client:
     def subscribe(self, subscriptions: Sequence[Subscription]) -> int:
         """Send SUBSCRIBE on the current connection; the packet id its SUBACK will carry."""
         with self._lock:
-            packet_id = self._next_packet_id()
-            self._control_ids.add(packet_id)
+            packet_id = self._outbox.control_id()
         self._write(encode_subscribe(packet_id, list(subscriptions)))
         return packet_id
 
     def unsubscribe(self, topic_filters: Sequence[str]) -> int:
         with self._lock:
-            packet_id = self._next_packet_id()
-            self._control_ids.add(packet_id)
+            packet_id = self._outbox.control_id()
         self._write(encode_unsubscribe(packet_id, list(topic_filters)))
         return packet_id
 
@@ -213,11 +198,7 @@ class Mqtt5Client:
         if qos != 1:
             raise ValueError(f"QoS {qos} is not supported for publishing (0 or 1)")
         with self._lock:
-            packet_id = self._next_packet_id()
-            self._outbound[packet_id] = encode_publish(
-                topic.encode(), payload, 1, packet_id=packet_id, retain=retain
-            )
-            self._queued.append(packet_id)
+            self._outbox.add(topic, payload, retain=retain)
         self._pump()
         return True
 
@@ -312,16 +293,13 @@ class Mqtt5Client:
             self._keepalive_s = (
                 int(server_keepalive) if isinstance(server_keepalive, int) else self.settings.keepalive_s
             )
-            receive_maximum = properties.get(RECEIVE_MAXIMUM, _DEFAULT_RECEIVE_MAXIMUM)
-            self._server_receive_maximum = int(receive_maximum) if isinstance(receive_maximum, int) else 1
+            receive_maximum = properties.get(RECEIVE_MAXIMUM, DEFAULT_RECEIVE_MAXIMUM)
+            self._outbox.reconnected(receive_maximum if isinstance(receive_maximum, int) else 1)
             if not connack.session_present:
                 self._qos2_unreleased.clear()  # a new session: the broker forgot them too
-            self._control_ids.clear()
-            self._in_window.clear()
-            self._queued = deque(self._outbound)
             self._ping_sent_at = None
             self._last_sent = time.monotonic()
-            resend = len(self._outbound)
+            resend = len(self._outbox)
         self._log.info(
             "mqtt connected host=%s client_id=%s session_present=%s",
             self._where,
@@ -343,17 +321,6 @@ class Mqtt5Client:
             self._on_disconnect(reason)
 
     # --- writing ---------------------------------------------------------------------------
-
-    def _next_packet_id(self) -> int:
-        """1..65535, wrapping, skipping ids in use (caller holds _lock)."""
-        if len(self._outbound) + len(self._control_ids) >= MAX_PACKET_ID:
-            raise MqttError(f"all {MAX_PACKET_ID} packet ids are in use")
-        packet_id = self._last_id
-        while True:
-            packet_id = packet_id % MAX_PACKET_ID + 1
-            if packet_id not in self._outbound and packet_id not in self._control_ids:
-                self._last_id = packet_id
-                return packet_id
 
     def _write(self, data: bytes, connection: int = 0) -> bool:
         """Write ``data`` on the current connection (on ``connection`` only, if given)."""
@@ -380,15 +347,7 @@ class Mqtt5Client:
             with self._lock:
                 if self._sock is None:
                     return
-                out = []
-                while self._queued and len(self._in_window) < self._server_receive_maximum:
-                    packet_id = self._queued.popleft()
-                    publish = self._outbound.get(packet_id)
-                    if publish is None:
-                        continue
-                    out.append(with_dup(publish) if packet_id in self._ever_written else publish)
-                    self._ever_written.add(packet_id)
-                    self._in_window.add(packet_id)
+                out = self._outbox.due()
             if out:
                 self._write(b"".join(out))
 
@@ -459,7 +418,7 @@ class Mqtt5Client:
             elif kind in (SUBACK, UNSUBACK):
                 packet_id, codes = decode_suback(body)
                 with self._lock:
-                    self._control_ids.discard(packet_id)
+                    self._outbox.control_done(packet_id)
                 if kind == SUBACK:
                     self._on_subscribe(packet_id, codes)
                 else:
@@ -473,10 +432,7 @@ class Mqtt5Client:
                 break
         if acked:
             with self._lock:
-                for packet_id in acked:
-                    self._outbound.pop(packet_id, None)
-                    self._in_window.discard(packet_id)
-                    self._ever_written.discard(packet_id)
+                self._outbox.acked(acked)
             self._pump()
         if replies:
             self._write(b"".join(replies))

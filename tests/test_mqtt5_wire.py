@@ -1,4 +1,5 @@
-"""The MQTT 5 codec of ingest's client (cityneuron.mqtt5wire): pure functions, no broker.
+"""The MQTT 5 codec of ingest's client (cityneuron.mqtt5wire) and its outbound session state
+(cityneuron.mqtt5outbox): pure functions, no broker.
 
 Packets the broker would send are built here byte by byte from the standard's layout (OASIS
 MQTT 5.0), so the decoders are not only checked against their own encoders.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from cityneuron.errors import MqttError
+from cityneuron.mqtt5outbox import Outbox
 from cityneuron.mqtt5wire import (
     REASON_STRING,
     RECEIVE_MAXIMUM,
@@ -294,3 +297,38 @@ def test_disconnect_both_ways() -> None:
     assert decode_disconnect(body) == (0x8E, "another client took over")
     assert decode_disconnect(b"\x8b") == (0x8B, "")
     assert reason_name(0x8E) == "session taken over (0x8E)"
+
+
+# --- the outbound session state (cityneuron.mqtt5outbox) --------------------------------------------
+
+
+def test_outbox_window_dup_and_packet_ids() -> None:
+    outbox = Outbox()
+    outbox.reconnected(2)
+    for n in range(3):
+        outbox.add("a/b", b"%d" % n)
+    first = outbox.due()
+    assert [Reader().feed(p)[0][0][2:] for p in first] == [(1, b"0"), (2, b"1")]  # window of 2
+    assert outbox.due() == []
+    outbox.acked([1])
+    [third] = outbox.due()
+    assert Reader().feed(third)[0][0][2:] == (3, b"2")
+    # A SUBSCRIBE id never collides with a message still in flight.
+    assert outbox.control_id() == 4
+    outbox.reconnected(10)
+    again = outbox.due()
+    assert [(p[0] & 0x08, Reader().feed(p)[0][0][2]) for p in again] == [(0x08, 2), (0x08, 3)]
+    outbox.acked([2, 3])
+    assert len(outbox) == 0
+
+
+def test_outbox_packet_ids_wrap_and_run_out() -> None:
+    outbox = Outbox()
+    outbox.reconnected(65_535)
+    for _ in range(65_534):
+        outbox.add("t", b"")
+    outbox.acked([5])
+    assert outbox.control_id() == 65_535
+    assert outbox.control_id() == 5  # wrapped past the ids in use
+    with pytest.raises(MqttError):
+        outbox.add("t", b"")
