@@ -1,12 +1,14 @@
 """Ingest's MQTT 5 client (cityneuron.mqtt5client) against a scripted server: the flows a real
 Mosquitto does not show on demand. Mosquitto acknowledges incoming QoS 1 at once, so its receive
 maximum never fills; it sends no QoS 2 PUBLISH again after a PUBREC it lost, and no DISCONNECT or
-silence on cue. The server side here is a socket and the codec's own bytes.
+silence on cue, and refuses topics that are not UTF-8. The server side here is a socket and the
+codec's own bytes.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import uuid
 from collections.abc import Iterator
@@ -15,10 +17,23 @@ from contextlib import contextmanager
 import pytest
 from polling import eventually
 
+from cityneuron.decode import Message
 from cityneuron.mqtt5client import Mqtt5Client
 from cityneuron.mqtt5wire import RawPublish, Reader, encode_pubacks, encode_publish, encode_pubrel
-from cityneuron.mqttwire import CONNECT, PINGREQ, PUBCOMP, PUBLISH, PUBREC, PacketParser, remaining_length
-from cityneuron.settings import MqttSettings
+from cityneuron.mqttwire import (
+    CONNECT,
+    PINGREQ,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    SUBSCRIBE,
+    PacketParser,
+    remaining_length,
+)
+from cityneuron.settings import IngestSettings, MqttSettings
+from ingest.mqtt import MqttSource
+from ingest.observability import IngestMetrics
 
 CONNACK = b"\x20\x03\x00\x00\x00"
 CONNACK_SESSION_PRESENT = b"\x20\x03\x01\x00\x00"
@@ -159,3 +174,39 @@ def test_keepalive_pings_and_a_silent_server_counts_as_gone() -> None:
         assert eventually(lambda: client.connection, lambda c: c == 2) == 2
         conn.close()
         conn2.close()
+
+
+def test_source_names_a_topic_that_is_not_utf8_for_the_writer_to_dead_letter() -> None:
+    """Mosquitto refuses such topics from publishers, so only a scripted server can send one;
+    ingest.mqtt.MqttSource passes the message on under "<topic is not UTF-8>" (the writer
+    dead-letters it) instead of dropping it or breaking the connection."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    inbox: queue.Queue[Message] = queue.Queue()
+    source = MqttSource(
+        MqttSettings(port=server.getsockname()[1]),
+        IngestSettings(client_id=f"script-{uuid.uuid4().hex[:8]}"),
+        inbox,
+        IngestMetrics(),
+    )
+    source.start()
+    try:
+        conn, parser = _accept(server)
+        [(first, body)] = _packets_until_quiet(conn, parser)
+        assert first >> 4 == SUBSCRIBE
+        conn.sendall(b"\x90\x05" + body[:2] + b"\x00\x01\x01")  # SUBACK: QoS 1 granted twice
+        assert eventually(lambda: source.subscribed, lambda s: s)
+        conn.sendall(encode_publish(b"city/\xff/smart_pole/x/telemetry", b"{}", 1, packet_id=9))
+        message = inbox.get(timeout=10)
+        assert (message.topic, message.payload, message.mid, message.qos) == (
+            "<topic is not UTF-8>",
+            b"{}",
+            9,
+            1,
+        )
+        assert source.ack([message]) == 1
+        assert _packets_until_quiet(conn, parser) == [(PUBACK << 4, b"\x00\x09")]
+        conn.close()
+    finally:
+        source.stop()
+        server.close()
