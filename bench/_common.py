@@ -31,14 +31,13 @@ from typing import Any, Self
 import numpy as np
 import paho.mqtt.client as paho
 from numpy.typing import NDArray
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cityneuron.catalog import KIND_BY_NAME, Kind
 from cityneuron.contract import check_metrics, decode_reading, decode_telemetry, now_ms
 from cityneuron.errors import CityNeuronError
+from cityneuron.mqtt5client import Mqtt5Client
+from cityneuron.mqtt5wire import RawPublish, Subscription
 from cityneuron.settings import MqttSettings
 from ingest.mqtt import SESSION_EXPIRY_S
 from simulator.city import build_city
@@ -451,48 +450,43 @@ def publish_times_by_message(results: list[PublisherResult], messages: int) -> N
 # --- subscribers of the broker stages -------------------------------------------------------------
 
 
-class PahoSubscriber:
-    """An MQTT 5 QoS 1 subscriber set up like ingest's (paho, shared subscription, persistent
-    session, receive maximum, manual acks) that acks each message on arrival and does nothing else."""
+class WireSubscriber:
+    """An MQTT 5 QoS 1 subscriber set up like ingest's, with ingest's client
+    (cityneuron.mqtt5client: shared subscription, persistent session, receive maximum, manual
+    acks), that acks each read's messages in one write on arrival and does nothing else."""
 
     def __init__(self, port: int, topic_filter: str, receive_maximum: int, expected: int) -> None:
-        self._port = port
         self._filter = topic_filter
-        self._receive_maximum = receive_maximum
         self._expected = expected
         self.received = 0
         self.last_at = 0.0
         self.done = threading.Event()
         self._subscribed = threading.Event()
-        self._client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id="bench-subscriber",
-            protocol=MQTTProtocolVersion.MQTTv5,
+        self._client = Mqtt5Client(
+            MqttSettings(port=port),
+            "bench-subscriber",
+            clean_start=True,
+            session_expiry_s=SESSION_EXPIRY_S,
+            receive_maximum=receive_maximum,
+            on_connect=self._on_connect,
+            on_subscribe=lambda packet_id, codes: self._subscribed.set(),
+            on_publishes=self._on_publishes,
         )
-        self._client.manual_ack_set(True)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
 
-    def _on_connect(self, client: paho.Client, *args: Any) -> None:
-        client.subscribe([(self._filter, SubscribeOptions(qos=1))])
+    def _on_connect(self, session_present: bool) -> None:
+        self._client.subscribe([Subscription(self._filter, qos=1)])
 
-    def _on_subscribe(self, client: paho.Client, *args: Any) -> None:
-        self._subscribed.set()
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        client.ack(msg.mid, msg.qos)
-        self.received += 1
+    def _on_publishes(self, batch: list[RawPublish], connection: int) -> None:
+        qos1 = [packet_id for first, _, packet_id, _ in batch if first & 0x06 == 0x02]
+        qos2 = [packet_id for first, _, packet_id, _ in batch if first & 0x06 == 0x04]
+        self._client.ack(qos1, qos2, connection)
+        self.received += len(batch)
         self.last_at = time.time()
         if self.received >= self._expected:
             self.done.set()
 
     def __enter__(self) -> Self:
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        properties.ReceiveMaximum = self._receive_maximum
-        self._client.connect("127.0.0.1", self._port, clean_start=True, properties=properties)
-        self._client.loop_start()
+        self._client.start()
         if not self._subscribed.wait(15.0):
             self.__exit__(None, None, None)
             raise BenchError("the benchmark subscriber did not get its subscription")
@@ -501,8 +495,7 @@ class PahoSubscriber:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._client.close()
 
 
 _PROBE_TOPIC = "city/bench/probe"

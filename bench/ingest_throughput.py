@@ -35,9 +35,9 @@ from _common import (
     BenchError,
     CommandLineSubscriber,
     CpuMeter,
-    PahoSubscriber,
     PublisherGroup,
     PublisherResult,
+    WireSubscriber,
     Workload,
     build_workload,
     decode_rows,
@@ -311,8 +311,8 @@ class Bench:
     # --- stages ---------------------------------------------------------------------------------
 
     def broker_stage(self, *, c_subscriber: str | None = None) -> StageResult:
-        """Publishers -> Mosquitto -> one subscriber that only acks: ingest's paho set-up, or
-        ``mosquitto_sub`` (C) to see the broker without a Python consumer."""
+        """Publishers -> Mosquitto -> one subscriber that only acks: ingest's own MQTT 5 client
+        with ingest's set-up, or ``mosquitto_sub`` (C) to see the broker without a Python consumer."""
         w = self.workload
         ingest = self.settings.ingest
         topic_filter = telemetry_filter(SHARE_GROUP)
@@ -320,7 +320,7 @@ class Bench:
         log.info("broker %s: %d messages, no database", label, w.messages)
         with contextlib.ExitStack() as stack:
             broker, mosquitto_pid = stack.enter_context(self.broker(label))
-            subscriber: PahoSubscriber | CommandLineSubscriber
+            subscriber: WireSubscriber | CommandLineSubscriber
             sources: dict[str, Callable[[], float]]
             if c_subscriber:
                 c_sub = CommandLineSubscriber(
@@ -329,7 +329,7 @@ class Bench:
                 subscriber = c_sub
                 sources = {"subscriber": lambda: process_cpu_s(c_sub.pid)}
             else:
-                subscriber = PahoSubscriber(broker.port, topic_filter, ingest.receive_maximum, w.messages)
+                subscriber = WireSubscriber(broker.port, topic_filter, ingest.receive_maximum, w.messages)
                 sources = {"subscriber": time.process_time}
             stack.enter_context(subscriber)
             publishers = stack.enter_context(self._publishers(broker.port, label, w.messages))
@@ -346,7 +346,10 @@ class Bench:
             name, role, notes = "broker, C subscriber (mosquitto_sub)", "diagnostic", "libmosquitto acks"
         else:
             name, role = "broker ceiling: publishers -> mosquitto -> QoS 1 subscriber", "ceiling"
-            notes = "paho MQTT 5 subscriber like ingest's; acks each message on arrival, no decoding"
+            notes = (
+                "ingest's MQTT 5 client (cityneuron.mqtt5client) set up like ingest;"
+                " acks each read's messages on arrival, no decoding"
+            )
         return StageResult(
             name,
             role,

@@ -44,3 +44,7 @@ class ContractError(CityNeuronError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class MqttError(CityNeuronError):
+    """An MQTT connection failed, was refused, or carried bytes that are not MQTT."""

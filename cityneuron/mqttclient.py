@@ -1,4 +1,5 @@
-"""Credentials and TLS for every paho client the project creates (ingest, simulator, API, load)."""
+"""Credentials and TLS for the project's MQTT clients: paho ones (simulator per-device mode, API,
+load) and, through ``tls_context``, the project's own (simulator gateways, ingest)."""
 
 from __future__ import annotations
 
@@ -38,13 +39,10 @@ def configure_client(
 _RECONNECT_MIN_DELAY_S = 1
 
 
-def mqtt5_client(
-    client_id: str, settings: MqttSettings, logger_name: str, client_class: type[mqtt.Client] = mqtt.Client
-) -> mqtt.Client:
-    """An MQTT 5 service client (ingest, API) with credentials, TLS, logging and reconnect back-off
-    from 1 s up to ``settings.reconnect_max_delay_s``; callbacks are the caller's. ``client_class``:
-    a subclass of paho's Client (ingest's buffered receive path)."""
-    client = client_class(
+def mqtt5_client(client_id: str, settings: MqttSettings, logger_name: str) -> mqtt.Client:
+    """A paho MQTT 5 service client (the API) with credentials, TLS, logging and reconnect back-off
+    from 1 s up to ``settings.reconnect_max_delay_s``; callbacks are the caller's."""
+    client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv5,

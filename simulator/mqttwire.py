@@ -2,23 +2,81 @@
 
 Only what a publishing client needs (OASIS MQTT 3.1.1, 2014): CONNECT/CONNACK, PUBLISH at
 QoS 0 and 1, PUBACK, SUBSCRIBE/SUBACK, PINGREQ/PINGRESP and DISCONNECT, and the receiving side
-of QoS 2 (PUBREC, PUBREL, PUBCOMP) for a broker that sends it although we never ask for it. Socket handling lives
-in ``simulator.wireclient``; nothing here does I/O, so every function can be tested alone.
+of QoS 2 (PUBREC, PUBREL, PUBCOMP) for a broker that sends it although we never ask for it.
+The fixed header, strings and the incremental parser are shared with ingest's MQTT 5 client
+(cityneuron.mqttwire) and re-exported here. Socket handling lives in ``simulator.wireclient``;
+nothing here does I/O, so every function can be tested alone.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
+from cityneuron.mqttwire import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    MAX_PACKET_ID,
+    MAX_REMAINING_LENGTH,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    SUBSCRIBE,
+    MalformedPacket,
+    PacketParser,
+    decode_remaining_length,
+    remaining_length,
+)
+from cityneuron.mqttwire import U16 as _U16
+from cityneuron.mqttwire import encode_string as _string
 from simulator.errors import PublishError
 
-# Control packet types (section 2.2.1), as the high nibble of the fixed header's first byte.
-CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 5, 6, 7, 8, 9
-PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
-# The remaining length is at most four bytes of 7 bits (section 2.2.3).
-MAX_REMAINING_LENGTH = 268_435_455
-MAX_PACKET_ID = 65_535
+__all__ = [
+    "CONNACK",
+    "CONNACK_REFUSALS",
+    "CONNECT",
+    "DISCONNECT",
+    "MAX_PACKET_ID",
+    "MAX_REMAINING_LENGTH",
+    "MAX_SUBSCRIBE_QOS",
+    "PINGREQ",
+    "PINGRESP",
+    "PUBACK",
+    "PUBCOMP",
+    "PUBLISH",
+    "PUBREC",
+    "PUBREL",
+    "SUBACK",
+    "SUBACK_FAILURE",
+    "SUBSCRIBE",
+    "ConnectRefused",
+    "InboundPublish",
+    "MalformedPacket",
+    "PacketParser",
+    "Will",
+    "check_connack",
+    "decode_connack",
+    "decode_packet_id",
+    "decode_publish",
+    "decode_remaining_length",
+    "decode_suback",
+    "encode_connect",
+    "encode_disconnect",
+    "encode_pingreq",
+    "encode_puback",
+    "encode_pubcomp",
+    "encode_publish",
+    "encode_pubrec",
+    "encode_subscribe",
+    "remaining_length",
+    "with_dup",
+]
+
 # A SUBACK return code for a refused subscription (section 3.9.3).
 SUBACK_FAILURE = 0x80
 # CONNACK return codes 1-5 (section 3.2.2.3, table 3.1).
@@ -31,7 +89,6 @@ CONNACK_REFUSALS = {
 }
 
 _PROTOCOL = b"\x00\x04MQTT\x04"  # protocol name and level 4 = 3.1.1 (section 3.1.2.1-2)
-_U16 = struct.Struct("!H")
 _PINGREQ = b"\xc0\x00"
 _DISCONNECT = b"\xe0\x00"
 # Fixed-header flags of the packets that have mandatory ones (section 2.2.2).
@@ -42,10 +99,6 @@ _PUBCOMP_HEADER = 0x70
 # The highest QoS this client subscribes with: it publishes at most QoS 1 and acknowledges
 # QoS 1 deliveries with PUBACK, so it asks for nothing more.
 MAX_SUBSCRIBE_QOS = 1
-
-
-class MalformedPacket(PublishError):
-    """The broker sent bytes that are not a valid MQTT 3.1.1 packet."""
 
 
 class ConnectRefused(PublishError):
@@ -77,42 +130,6 @@ class InboundPublish:
     retain: bool
     dup: bool
     packet_id: int
-
-
-def remaining_length(n: int) -> bytes:
-    """The variable-length encoding of a packet's remaining length (section 2.2.3)."""
-    if n < 128:
-        return bytes((n,))
-    if n < 16_384:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    if not 0 <= n <= MAX_REMAINING_LENGTH:
-        raise ValueError(f"remaining length {n} outside 0..{MAX_REMAINING_LENGTH}")
-    out = bytearray()
-    while True:
-        digit, n = n & 0x7F, n >> 7
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
-def decode_remaining_length(data: bytes | bytearray, start: int) -> tuple[int, int] | None:
-    """(length, index after it) read from ``data[start:]``; None while bytes are missing."""
-    value = 0
-    for i in range(4):
-        if start + i >= len(data):
-            return None
-        byte = data[start + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, start + i + 1
-    raise MalformedPacket("remaining length longer than four bytes")
-
-
-def _string(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    if len(data) > 0xFFFF:
-        raise ValueError(f"MQTT string of {len(data)} bytes exceeds 65,535")
-    return _U16.pack(len(data)) + data
 
 
 def encode_connect(
@@ -250,38 +267,3 @@ def decode_publish(first_byte: int, body: bytes) -> InboundPublish:
     return InboundPublish(
         topic, body[payload_at:], qos, bool(first_byte & 0x01), bool(first_byte & 0x08), packet_id
     )
-
-
-class PacketParser:
-    """Cuts a byte stream into packets, whatever the chunks it arrives in."""
-
-    def __init__(self, max_packet_bytes: int = MAX_REMAINING_LENGTH) -> None:
-        self._buffer = bytearray()
-        self._max_packet_bytes = max_packet_bytes
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """The complete packets now available, as (first byte of the fixed header, body)."""
-        buffer = self._buffer
-        buffer += data
-        packets: list[tuple[int, bytes]] = []
-        at = 0
-        size = len(buffer)
-        while size - at >= 2:
-            length = buffer[at + 1]
-            if length < 128:
-                body_at = at + 2
-            else:
-                decoded = decode_remaining_length(buffer, at + 1)
-                if decoded is None:
-                    break
-                length, body_at = decoded
-                if length > self._max_packet_bytes:
-                    raise MalformedPacket(f"packet of {length} bytes exceeds {self._max_packet_bytes}")
-            end = body_at + length
-            if end > size:
-                break
-            packets.append((buffer[at], bytes(buffer[body_at:end])))
-            at = end
-        if at:
-            del buffer[:at]
-        return packets

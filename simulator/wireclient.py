@@ -50,6 +50,7 @@ from simulator.mqttwire import (
     SUBACK_FAILURE,
     ConnectRefused,
     InboundPublish,
+    MalformedPacket,
     PacketParser,
     Will,
     check_connack,
@@ -291,7 +292,7 @@ class WireClient:
         except PublishError:
             _shut(sock)
             raise
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, MalformedPacket) as exc:
             _shut(sock)
             raise PublishError(f"{where}: connection failed: {exc}") from exc
         return sock, parser, pending
@@ -453,7 +454,7 @@ class WireClient:
             if data:
                 try:
                     self._handle(parser.feed(data))
-                except PublishError as exc:
+                except (PublishError, MalformedPacket) as exc:
                     self._lost(sock, exc)
                     continue
             self._keepalive(sock)

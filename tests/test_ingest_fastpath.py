@@ -5,8 +5,6 @@ and the per-device run shortcut of the quality accounting matches the per-readin
 from __future__ import annotations
 
 import random
-import socket
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -14,21 +12,13 @@ import numpy as np
 import orjson
 import psycopg
 import pytest
-from mqtttest import publisher
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-from polling import eventually
 
 from cityneuron.catalog import KIND_BY_NAME
 from cityneuron.contract import encode_reading, encode_readings, now_ms
 from cityneuron.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_message
-from cityneuron.servers import MosquittoBroker
 from cityneuron.settings import DatabaseSettings, IngestSettings
 from ingest.copybuf import PG_EPOCH_US, CopyColumns
 from ingest.fastdecode import decode_batch
-from ingest.paholoop import BufferedClient, _BufferedSocket
 from ingest.quality import QualityTotals, _account_kind, _Device, _step
 from ingest.staging import StagedKind, stage_batch
 
@@ -213,64 +203,3 @@ def test_quality_run_shortcut_matches_per_reading_steps(seed: int) -> None:
     _account_kind(fast, staged, totals)
     assert totals == _reference(exact, staged)
     assert fast == exact
-
-
-# --- the buffered paho receive path and batched acks (ingest/paholoop.py) --------------------------
-
-
-def test_buffered_socket_serves_small_reads_from_one_large_recv() -> None:
-    left, right = socket.socketpair()
-    try:
-        buffered = _BufferedSocket(left)
-        right.sendall(b"\x30\x05hello" * 3)
-        time.sleep(0.05)
-        assert buffered.recv(1) == b"\x30"  # one recv took everything sent so far
-        assert buffered.pending() == 20
-        assert buffered.recv(1) == b"\x05"
-        assert buffered.recv(5) == b"hello"
-        assert buffered.recv(100) == b"\x30\x05hello" * 2
-        assert buffered.pending() == 0
-        assert buffered.fileno() == left.fileno()  # everything else is the socket's
-    finally:
-        left.close()
-        right.close()
-
-
-def _subscriber(port: int, received: list[int], subscribed: threading.Event) -> BufferedClient:
-    client = BufferedClient(
-        CallbackAPIVersion.VERSION2, client_id="ack-test", protocol=MQTTProtocolVersion.MQTTv5
-    )
-    client.manual_ack_set(True)
-    client.on_connect = lambda c, *_: c.subscribe([("acks/#", SubscribeOptions(qos=1))])
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = lambda c, u, msg: received.append(msg.mid)
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 3600
-    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
-    client.loop_start()
-    assert subscribed.wait(10)
-    return client
-
-
-def test_ack_many_acks_exactly_the_given_messages(broker: MosquittoBroker) -> None:
-    """200 QoS 1 messages; the batched PUBACKs of the first 120 only: after a reconnect of the
-    persistent session the broker sends the other 80 again, and nothing else."""
-    received: list[int] = []
-    client = _subscriber(broker.port, received, threading.Event())
-    with publisher(broker.port) as pub:
-        for n in range(200):
-            pub.publish(f"acks/{n}", b"x" * 3000, qos=1).wait_for_publish(5)
-    assert eventually(lambda: len(received), lambda n: n == 200) == 200
-    client.ack_many(received[:120])
-    time.sleep(0.3)
-    client.disconnect()
-    client.loop_stop()
-    again: list[int] = []
-    client = _subscriber(broker.port, again, threading.Event())
-    try:
-        assert eventually(lambda: len(again), lambda n: n >= 80) >= 80
-        time.sleep(0.5)
-        assert len(again) == 80
-    finally:
-        client.disconnect()
-        client.loop_stop()

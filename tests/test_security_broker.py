@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -28,6 +29,7 @@ from cityneuron.cli import main as cli_main
 from cityneuron.contract import encode_reading, now_ms
 from cityneuron.credentials import device_password, read_device_key
 from cityneuron.errors import ConfigError
+from cityneuron.mqtt5client import Mqtt5Client
 from cityneuron.provision import (
     API_USER,
     CITY_GATEWAY,
@@ -347,6 +349,58 @@ def test_tls_client_verifies_the_server(secure: SecureBroker, clients: Callable[
         _refused(port, secure.credentials(POLE_A), tls=_tls_context(other.ca_cert))
     # TLS does not replace the password.
     assert _refused(port, (POLE_A, "wrong"), tls=_tls_context(secure.pki.ca_cert)).is_failure
+
+
+def test_ingest_over_tls_with_its_password_and_refused_with_a_wrong_one(
+    secure: SecureBroker,
+    database: DatabaseSettings,
+    clients: Callable[..., _Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ingest's own MQTT 5 client (cityneuron.mqtt5client) over TLS, verifying the broker against
+    the CA, as the ingest service user: a device's reading is stored. With a wrong password the
+    broker's refusal is logged with its reason code and the client keeps retrying."""
+    port = secure.security.tls_port
+    assert port is not None
+    mqtt = MqttSettings(
+        port=port,
+        tls_ca_file=secure.pki.ca_cert,
+        username=INGEST_USER,
+        password=secure.provisioned.password(INGEST_USER),
+    )
+    settings = Settings(
+        mqtt=mqtt,
+        database=database,
+        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},
+    )
+    with IngestService(settings) as service:
+        assert service.wait_ready(15), "ingest did not subscribe over TLS"
+        pole_a = clients(secure.broker.port, secure.credentials(POLE_A))
+        assert pole_a.publish(_topic(POLE_A), encode_reading(now_ms(), {"lamp_level": 40.0}, seq=1)) == 0
+
+        def rows() -> list[tuple[str, float]]:
+            with psycopg.connect(database.url, autocommit=True) as conn:
+                return conn.execute("SELECT device_id, lamp_level FROM reading_smart_pole").fetchall()
+
+        assert eventually(rows, lambda r: len(r) >= 1) == [(POLE_A, 40.0)]
+
+    caplog.set_level(logging.INFO, logger="cityneuron.mqtt")
+    wrong = mqtt.model_copy(update={"password": "not-the-password", "reconnect_max_delay_s": 1.0})
+    client = Mqtt5Client(wrong, f"ingest-{uuid.uuid4().hex[:8]}")
+    client.start()
+    try:
+
+        def refusals() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+        seen = eventually(refusals, lambda r: len(r) >= 2, timeout_s=15)
+        assert len(seen) >= 2, seen  # retried after the first refusal
+        assert all("bad user name or password (0x86)" in m or "not authorized (0x87)" in m for m in seen), (
+            seen
+        )
+        assert client.connection == 0
+    finally:
+        client.close()
 
 
 def test_client_certificate_is_the_identity(secure: SecureBroker, clients: Callable[..., _Client]) -> None:
