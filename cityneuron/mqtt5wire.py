@@ -23,6 +23,7 @@ from cityneuron.mqttwire import (
     MalformedPacket,
     decode_remaining_length,
     encode_string,
+    frames,
     packet,
     remaining_length,
 )
@@ -370,28 +371,13 @@ class Reader:
         buffer = self._rest + data if self._rest else data
         publishes: list[RawPublish] = []
         others: list[tuple[int, bytes]] = []
-        at = 0
-        size = len(buffer)
-        while size - at >= 2:
-            first = buffer[at]
-            length = buffer[at + 1]
-            if length < 128:
-                body = at + 2
-            else:
-                decoded = decode_remaining_length(buffer, at + 1)
-                if decoded is None:
-                    break
-                length, body = decoded
-                if length > self._max_packet_bytes:
-                    raise MalformedPacket(f"packet of {length} bytes exceeds {self._max_packet_bytes}")
-            end = body + length
-            if end > size:
-                break
+        found, at = frames(buffer, self._max_packet_bytes)
+        for first, body, end in found:
             if first >> 4 == 3:
                 publishes.append(_publish(buffer, first, body, end))
             else:
                 others.append((first, buffer[body:end]))
-            at = end
+        size = len(buffer)
         self._rest = buffer[at:] if at < size else b""
         return publishes, others
 

@@ -70,6 +70,31 @@ def packet(first_byte: int, body: bytes) -> bytes:
     return bytes((first_byte,)) + remaining_length(len(body)) + body
 
 
+def frames(buffer: bytes | bytearray, max_packet_bytes: int) -> tuple[list[tuple[int, int, int]], int]:
+    """The complete packets at the start of ``buffer`` as (first byte of the fixed header, body
+    start, body end), and where the incomplete rest begins."""
+    found: list[tuple[int, int, int]] = []
+    at = 0
+    size = len(buffer)
+    while size - at >= 2:
+        length = buffer[at + 1]
+        if length < 128:
+            body_at = at + 2
+        else:
+            decoded = decode_remaining_length(buffer, at + 1)
+            if decoded is None:
+                break
+            length, body_at = decoded
+            if length > max_packet_bytes:
+                raise MalformedPacket(f"packet of {length} bytes exceeds {max_packet_bytes}")
+        end = body_at + length
+        if end > size:
+            break
+        found.append((buffer[at], body_at, end))
+        at = end
+    return found, at
+
+
 class PacketParser:
     """Cuts a byte stream into packets, whatever the chunks it arrives in."""
 
@@ -81,25 +106,8 @@ class PacketParser:
         """The complete packets now available, as (first byte of the fixed header, body)."""
         buffer = self._buffer
         buffer += data
-        packets: list[tuple[int, bytes]] = []
-        at = 0
-        size = len(buffer)
-        while size - at >= 2:
-            length = buffer[at + 1]
-            if length < 128:
-                body_at = at + 2
-            else:
-                decoded = decode_remaining_length(buffer, at + 1)
-                if decoded is None:
-                    break
-                length, body_at = decoded
-                if length > self._max_packet_bytes:
-                    raise MalformedPacket(f"packet of {length} bytes exceeds {self._max_packet_bytes}")
-            end = body_at + length
-            if end > size:
-                break
-            packets.append((buffer[at], bytes(buffer[body_at:end])))
-            at = end
+        found, at = frames(buffer, self._max_packet_bytes)
+        packets = [(first, bytes(buffer[body:end])) for first, body, end in found]
         if at:
             del buffer[:at]
         return packets
