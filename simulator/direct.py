@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -120,9 +120,9 @@ _REGISTRY_STAGE = sql.SQL(
 )
 
 
-def _registry_chunks(table: DeviceTable) -> Iterator[slice]:
-    for start in range(0, len(table), REGISTRY_CHUNK_ROWS):
-        yield slice(start, start + REGISTRY_CHUNK_ROWS)
+def _registry_chunks(rows: slice) -> Iterator[slice]:
+    for start in range(rows.start, rows.stop, REGISTRY_CHUNK_ROWS):
+        yield slice(start, min(start + REGISTRY_CHUNK_ROWS, rows.stop))
 
 
 def _last_slots(table: DeviceTable, ts_ms: int) -> NDArray[np.int64]:
@@ -133,19 +133,55 @@ def _last_slots(table: DeviceTable, ts_ms: int) -> NDArray[np.int64]:
     return seen
 
 
+@dataclass(frozen=True, slots=True)
+class _RegistryPart:
+    """Rows ``rows`` (positions in device id order) of one kind's table."""
+
+    table: DeviceTable
+    rows: slice
+
+
+def _whole(tables: Iterable[DeviceTable]) -> list[_RegistryPart]:
+    return [_RegistryPart(t, slice(0, len(t))) for t in tables]
+
+
+def _balanced(tables: Sequence[DeviceTable], connections: int) -> list[list[_RegistryPart]]:
+    """``tables`` cut into ``connections`` groups of nearly equal rows (a table may be split at a
+    chunk boundary): by whole kinds the 1:1 city's meters split 10 M / 7 M, and the last minutes
+    of the load ran on one connection."""
+    total = sum(len(t) for t in tables)
+    share = -(-total // connections)
+    groups: list[list[_RegistryPart]] = [[] for _ in range(connections)]
+    group, room = 0, share
+    for table in sorted(tables, key=len, reverse=True):
+        start = 0
+        while start < len(table):
+            take = min(len(table) - start, room)
+            if take < len(table) - start:  # split at a chunk boundary, never into slivers
+                aligned = max(REGISTRY_CHUNK_ROWS, take // REGISTRY_CHUNK_ROWS * REGISTRY_CHUNK_ROWS)
+                take = min(aligned, len(table) - start)
+            groups[group].append(_RegistryPart(table, slice(start, start + take)))
+            start += take
+            room -= take
+            if room <= 0 and group < connections - 1:
+                group, room = group + 1, share
+    return [g for g in groups if g]
+
+
 def _load_registry(
     conn: psycopg.Connection,
     city: City,
     ts_ms: int,
     *,
     running: bool = False,
-    tables: Sequence[DeviceTable] | None = None,
+    parts: Sequence[_RegistryPart] | None = None,
 ) -> int:
     conn.execute(_REGISTRY_STAGE)
     registered = 0
     # Kinds that report rarely first: loading 17 M meters takes minutes, and a pole last heard
     # from before that would count as silent by the time the simulator publishes.
-    for table in tables if tables is not None else sorted(city, key=lambda t: -t.kind.interval_s):
+    for part in parts if parts is not None else _whole(sorted(city, key=lambda t: -t.kind.interval_s)):
+        table = part.table
         # seen_ms < 0: never heard from (NULL last_seen_at); else the latest slot as of now.
         seen_all = (
             _last_slots(table, max(ts_ms, now_ms())) if running else np.full(len(table), -1, dtype=np.int64)
@@ -167,8 +203,8 @@ def _load_registry(
         # 17 M devices is several times faster (fewer pages touched, fewer full-page WAL images).
         slug_rank = np.argsort(np.argsort(np.array(_slugs())))
         order = np.lexsort((table.number, slug_rank[table.district]))
-        for part in _registry_chunks(table):
-            rows = order[part]
+        for chunk in _registry_chunks(part.rows):
+            rows = order[chunk]
             stream = _copy_stream(
                 [
                     (">i4", table.district[rows]),
@@ -200,19 +236,17 @@ def load_registry(db: DatabaseSettings, city: City, ts_ms: int, *, running: bool
     # once: PostgreSQL spends its time in the INSERT (one core per connection); the kinds that
     # report within minutes follow, last, so that they are not silent before publishing starts.
     slow = [t for t in ordered if t.kind.interval_s >= _PARALLEL_MIN_INTERVAL_S]
-    groups: list[list[DeviceTable]] = [[] for _ in range(REGISTRY_CONNECTIONS)]
-    for table in sorted(slow, key=len, reverse=True):
-        min(groups, key=lambda g: sum(len(t) for t in g)).append(table)
+    groups = _balanced(slow, REGISTRY_CONNECTIONS) or [[]]
     try:
         with _connect(db) as conn:
             with ThreadPoolExecutor(REGISTRY_CONNECTIONS) as pool:
                 futures = [
                     pool.submit(_load_group, db, city, ts_ms, running, group) for group in groups[1:] if group
                 ]
-                registered = _load_registry(conn, city, ts_ms, running=running, tables=groups[0])
+                registered = _load_registry(conn, city, ts_ms, running=running, parts=groups[0])
                 registered += sum(f.result() for f in futures)
             rest = [t for t in ordered if t.kind.interval_s < _PARALLEL_MIN_INTERVAL_S]
-            registered += _load_registry(conn, city, ts_ms, running=running, tables=rest)
+            registered += _load_registry(conn, city, ts_ms, running=running, parts=_whole(rest))
     except psycopg.Error as exc:
         raise DirectLoadError(f"loading the device registry failed: {exc}") from exc
     log.info("registry: %d of %d devices were new", registered, city.devices)
@@ -220,13 +254,13 @@ def load_registry(db: DatabaseSettings, city: City, ts_ms: int, *, running: bool
 
 
 def _load_group(
-    db: DatabaseSettings, city: City, ts_ms: int, running: bool, tables: list[DeviceTable]
+    db: DatabaseSettings, city: City, ts_ms: int, running: bool, parts: list[_RegistryPart]
 ) -> int:
     with psycopg.connect(
         db.url, autocommit=True, connect_timeout=max(1, round(db.connect_timeout_s)),
         application_name="cityneuron-sim-direct",
     ) as conn:  # fmt: skip
-        return _load_registry(conn, city, ts_ms, running=running, tables=tables)
+        return _load_registry(conn, city, ts_ms, running=running, parts=parts)
 
 
 # --- readings -----------------------------------------------------------------------------------
