@@ -429,15 +429,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             limit = time.monotonic() + 120
             while not output.summary and time.monotonic() < limit:
                 time.sleep(0.5)
+        # Drained: ingest received at least every message the simulator says it published (the
+        # broker's backlog is empty) and its counters stood still for --drain-s. Counters alone
+        # stood still for 10 s during a long commit at 1:1 while millions were still queued.
+        published_total = int(output.summary.get("messages", output.published_messages))
         stable_since, last = time.monotonic(), -1.0
-        while time.monotonic() - stable_since < args.drain_s:
+        drain_deadline = time.monotonic() + args.drain_timeout_s
+        while time.monotonic() - stable_since < args.drain_s and time.monotonic() < drain_deadline:
             metrics = _metrics(metrics_url)
             stored = sum(
                 v for k, v in metrics.items() if k.startswith("cityneuron_ingest_readings_stored_total")
             )
-            if stored != last or metrics.get("cityneuron_ingest_queue_depth", 0) > 0:
+            received = metrics.get('cityneuron_ingest_messages_received_total{channel="telemetry"}', 0)
+            if (
+                stored != last
+                or metrics.get("cityneuron_ingest_queue_depth", 0) > 0
+                or received < published_total
+            ):
                 stable_since, last = time.monotonic(), stored
             time.sleep(1.0)
+        result["drained"] = time.monotonic() - stable_since >= args.drain_s
         published: dict[str, int] = output.summary.get("readings_by_kind", {})
         stored_rows = _stored_since(url, started_wall - 5)
         metrics = _metrics(metrics_url)
@@ -478,6 +489,9 @@ def main() -> int:
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument(
         "--drain-s", type=float, default=10.0, help="ingest counters still this long = drained"
+    )
+    parser.add_argument(
+        "--drain-timeout-s", type=float, default=3600.0, help="give up draining after this long"
     )
     parser.add_argument("--api-rate", type=float, default=10.0)
     parser.add_argument("--api-seconds", type=float, default=60.0)

@@ -439,13 +439,13 @@ _HASHING = """
 import sys
 from pathlib import Path
 from cityneuron.provision import write_password_file
-ids = (f"dev-{i:07d}" for i in range(300_000))
+ids = (f"dev-{i:07d}" for i in range(1_000_000))
 write_password_file(Path(sys.argv[1]), b"k" * 32, ids, {}, workers=2)
 """
 
 
 def test_ctrl_c_stops_password_hashing_at_once(tmp_path: Path, process_env: dict[str, str]) -> None:
-    """300 k hashes take a minute or more here; Ctrl-C must stop the workers, not wait for them."""
+    """1 M hashes take minutes here; Ctrl-C must stop the workers, not wait for them."""
     process = subprocess.Popen(
         [sys.executable, "-c", _HASHING, str(tmp_path / "passwd")], env=process_env, stderr=subprocess.PIPE
     )
@@ -459,7 +459,9 @@ def test_ctrl_c_stops_password_hashing_at_once(tmp_path: Path, process_env: dict
         interrupted = time.monotonic()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=180)
-        assert time.monotonic() - interrupted < 5.0
+        # Generous for a machine under load (CI on a shared machine took 24 s once); that the
+        # hashing did not run to its end is shown by the password file never being written.
+        assert time.monotonic() - interrupted < 30.0
         assert b"KeyboardInterrupt" in stderr
         assert not [p for p in workers if _cmdline(p)], "hashing workers still running"
         assert not (tmp_path / "passwd").exists()
