@@ -140,10 +140,6 @@ class BrokerLink:
         if not info.is_published():
             raise BrokerUnavailable(f"the MQTT broker did not acknowledge within {PUBLISH_TIMEOUT_S:g} s")
 
-    def _count_telemetry(self) -> bool:
-        self.telemetry_received += 1
-        return True
-
     def _telemetry_demand(self, wanted: bool) -> None:
         """From the hub (event loop): the first client arrived or the last one left."""
         if wanted:
@@ -244,11 +240,9 @@ class BrokerLink:
             if parsed.channel == contract.CMD_ACK:
                 ack = contract.decode_command_ack(bytes(msg.payload))
                 loop.call_soon_threadsafe(self._on_ack, parsed, ack)
-            elif (
-                parsed.channel == contract.TELEMETRY and self._count_telemetry() and self._hub.has_subscribers
-            ):
-                events = reading_events(parsed, bytes(msg.payload))
-                if events:
+            elif parsed.channel == contract.TELEMETRY:
+                self.telemetry_received += 1
+                if self._hub.has_subscribers and (events := reading_events(parsed, bytes(msg.payload))):
                     loop.call_soon_threadsafe(self._hub.publish, events)
         except ContractError as exc:
             log.debug("api mqtt: %s skipped: %s", topic, exc)
