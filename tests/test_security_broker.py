@@ -60,6 +60,15 @@ FUTIAN_GATEWAY = GatewayScope("gw.futian", ("futian",))
 NOT_AUTHORIZED = 135  # MQTT 5.0 section 2.4 reason code 0x87
 
 
+def _ingest_settings(mqtt: MqttSettings, database: DatabaseSettings) -> Settings:
+    """Settings for an ingest of its own (fresh client id, ephemeral metrics port)."""
+    return Settings(
+        mqtt=mqtt,
+        database=database,
+        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},  # type: ignore[arg-type]
+    )
+
+
 def _topic(device_id: str, channel: str = "telemetry") -> str:
     district = device_id.split("-")[1]
     kind = "smart_pole" if device_id.startswith("pole") else "water_meter"
@@ -226,11 +235,7 @@ def test_forged_topic_is_refused_and_never_reaches_the_database(
     mqtt = MqttSettings(
         port=secure.broker.port, username=INGEST_USER, password=secure.provisioned.password(INGEST_USER)
     )
-    settings = Settings(
-        mqtt=mqtt,
-        database=database,
-        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},
-    )
+    settings = _ingest_settings(mqtt, database)
     with IngestService(settings) as service:
         assert service.wait_ready(15), "ingest (service user) did not subscribe"
         pole_a = clients(secure.broker.port, secure.credentials(POLE_A))
@@ -368,11 +373,7 @@ def test_ingest_over_tls_with_its_password_and_refused_with_a_wrong_one(
         username=INGEST_USER,
         password=secure.provisioned.password(INGEST_USER),
     )
-    settings = Settings(
-        mqtt=mqtt,
-        database=database,
-        ingest={"client_id": f"ingest-{uuid.uuid4().hex[:8]}", "flush_interval_ms": 50, "http_port": 0},
-    )
+    settings = _ingest_settings(mqtt, database)
     with IngestService(settings) as service:
         assert service.wait_ready(15), "ingest did not subscribe over TLS"
         pole_a = clients(secure.broker.port, secure.credentials(POLE_A))
