@@ -29,17 +29,15 @@ from cityneuron.schema import init_schema
 from cityneuron.servers import PostgresServer, free_port
 from cityneuron.settings import DatabaseSettings, IngestSettings
 from ingest.fastdecode import decode_batch
-from ingest.registry import DeviceCache
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _PHASES = {
-    "resolve_devices": "registry (lookup, auto-register)",
-    "lock_devices": "device rows locked and read",
+    "resolve_devices": "device rows locked and read (+ auto-register)",
     "_insert": "readings: COPY (+ latest staging)",
     "latest": "latest_reading upsert",
     "write_devices": "device counters written",
 }
-_BOOKKEEPING = ("resolve_devices", "lock_devices", "latest", "write_devices")
+_BOOKKEEPING = ("resolve_devices", "latest", "write_devices")
 
 
 def _backend_cpu_s(pid: int) -> float:
@@ -67,7 +65,7 @@ class _Meter:
 
 
 def _instrument(meter: _Meter) -> None:
-    for name in ("resolve_devices", "lock_devices", "write_devices"):
+    for name in ("resolve_devices", "write_devices"):
         setattr(store_module, name, meter.wrap(name, getattr(store_module, name)))
     store_module.ReadingStore._insert = meter.wrap("_insert", store_module.ReadingStore._insert)  # type: ignore[method-assign]
 
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         db = DatabaseSettings(url=server.create_database("phases"))
         info = init_schema(db)
         ingest = IngestSettings()
-        store = store_module.ReadingStore(db, DeviceCache(), auto_register=True)
+        store = store_module.ReadingStore(db, auto_register=True)
         store.connect()
         conn = store._connection()
         meter.pid = conn.info.backend_pid

@@ -63,7 +63,6 @@ from cityneuron.servers import MosquittoBroker, PostgresServer, free_port
 from cityneuron.settings import DatabaseSettings, Settings
 from ingest.fastdecode import decode_batch
 from ingest.mqtt import telemetry_filter
-from ingest.registry import DeviceCache
 from ingest.store import ReadingStore
 
 log = logging.getLogger("cityneuron.bench")
@@ -415,7 +414,7 @@ class Bench:
             Message(topic, payload, n % 65535 + 1, 1, time.time(), 1)
             for n, (topic, payload) in enumerate(zip(w.topics, w.payloads, strict=True))
         ]
-        store = ReadingStore(DatabaseSettings(url=url), DeviceCache(), auto_register=ingest.auto_register)
+        store = ReadingStore(DatabaseSettings(url=url), auto_register=ingest.auto_register)
         store.connect()
         decode_s = write_s = 0.0
         stored = dead = 0

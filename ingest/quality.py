@@ -31,7 +31,9 @@ from ingest.staging import StagedKind
 
 
 @dataclass(slots=True)
-class _Device:
+class Device:
+    """A device's registry row and quality counters, locked for the batch."""
+
     kind: str
     district: str
     messages: int
@@ -54,15 +56,11 @@ class QualityTotals:
     restarts: Counter[str] = field(default_factory=Counter)
 
 
-def _batch_device_ids(batch: Iterable[Decoded]) -> list[str]:
-    return sorted({d.topic.device_id for d in batch if d.topic is not None})
-
-
-def lock_devices(conn: psycopg.Connection, batch: list[Decoded]) -> dict[str, _Device]:
-    """Lock and read the registered devices of the batch, with the time of their newest reading
-    before this batch (to tell a late reading from a restarted counter)."""
-    ids = _batch_device_ids(batch)
-    if not ids:
+def lock_devices(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, Device]:
+    """Lock and read the registered devices among ``device_ids`` (sorted: concurrent ingest
+    processes then lock in one order), with the time of their newest reading before this batch
+    (to tell a late reading from a restarted counter)."""
+    if not device_ids:
         return {}
     rows = conn.execute(
         "SELECT d.device_id, d.kind, d.district, d.messages, d.last_seen_at, d.seq_max, d.seq_gaps,"
@@ -70,12 +68,12 @@ def lock_devices(conn: psycopg.Connection, batch: list[Decoded]) -> dict[str, _D
         " (extract(epoch FROM l.time) * 1000)::bigint"
         " FROM devices AS d LEFT JOIN latest_reading AS l USING (device_id)"
         " WHERE d.device_id = ANY(%s) ORDER BY d.device_id FOR UPDATE OF d",
-        (ids,),
+        (device_ids,),
     ).fetchall()
-    return {row[0]: _Device(*row[1:]) for row in rows}
+    return {row[0]: Device(*row[1:]) for row in rows}
 
 
-def account(devices: dict[str, _Device], batch: list[Decoded], staged: Iterable[StagedKind]) -> QualityTotals:
+def account(devices: dict[str, Device], batch: list[Decoded], staged: Iterable[StagedKind]) -> QualityTotals:
     """Apply the batch to the locked devices' counters (in memory; see :func:`write_devices`)."""
     for decoded in batch:
         topic = decoded.topic
@@ -101,7 +99,7 @@ def account(devices: dict[str, _Device], batch: list[Decoded], staged: Iterable[
     return totals
 
 
-def _account_kind(devices: dict[str, _Device], kind_rows: StagedKind, totals: QualityTotals) -> None:
+def _account_kind(devices: dict[str, Device], kind_rows: StagedKind, totals: QualityTotals) -> None:
     """Each device's readings in received order. A device's run whose readings are all new, all
     carry a seq, and count up by one, is in order after its first reading: that reading takes
     the exact step, the rest only move ``seq_max`` and the newest time (no loop per reading)."""
@@ -136,7 +134,7 @@ def _account_kind(devices: dict[str, _Device], kind_rows: StagedKind, totals: Qu
             _apply(device, ts[i], seq[i], dup[i], kind, totals)
 
 
-def _apply(device: _Device, ts_ms: int, seq: int, duplicate: bool, kind: str, totals: QualityTotals) -> None:
+def _apply(device: Device, ts_ms: int, seq: int, duplicate: bool, kind: str, totals: QualityTotals) -> None:
     if duplicate:
         device.seq_duplicates += 1
         return
@@ -146,7 +144,7 @@ def _apply(device: _Device, ts_ms: int, seq: int, duplicate: bool, kind: str, to
         device.newest_ms = ts_ms
 
 
-def _step(device: _Device, ts_ms: int, seq: int, kind: str, totals: QualityTotals) -> None:
+def _step(device: Device, ts_ms: int, seq: int, kind: str, totals: QualityTotals) -> None:
     if device.seq_max is None:
         device.seq_max = seq
     elif seq > device.seq_max:
@@ -174,7 +172,7 @@ CREATE_STAGE = (
 _STAGE_TYPES = ("text", "int8", "timestamptz", "int8", "int8", "int8", "int8")
 
 
-def write_devices(conn: psycopg.Connection, devices: dict[str, _Device]) -> None:
+def write_devices(conn: psycopg.Connection, devices: dict[str, Device]) -> None:
     """Write the changed devices' counters back (their rows are locked by :func:`lock_devices`).
 
     Binary COPY into a staging table, then one UPDATE: adapting seven Python lists as array

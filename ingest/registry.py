@@ -1,7 +1,9 @@
 """The device registry as ingest sees it: which devices exist, of which kind, and their status.
 
-A cache of known devices saves a query per message; it only ever learns facts read from (or
-committed to) the database, so a rolled-back batch cannot leave a wrong entry behind.
+Each batch reads its devices' registry rows in the statement that locks them for the quality
+counters (:func:`ingest.quality.lock_devices`), so a known device costs no query of its own. A
+cache of known devices did that before; at 17 M devices it could not hold the city and every
+batch queried (and tried to register) its devices again.
 """
 
 from __future__ import annotations
@@ -15,86 +17,70 @@ from psycopg.types.json import Jsonb
 from cityneuron.contract import ms_to_datetime
 from cityneuron.decode import DISTRICT_MISMATCH, Decoded
 from cityneuron.errors import Reason
-
-# About 100 bytes an entry: a million devices is ~100 MB. Beyond it the cache starts over and
-# refills from the database, one query per batch for the devices it sees.
-_CACHE_MAX_DEVICES = 1_000_000
-
-
-class DeviceCache:
-    """device_id -> registered (kind, district), for devices known to be in the registry."""
-
-    def __init__(self, max_devices: int = _CACHE_MAX_DEVICES) -> None:
-        self._kinds: dict[str, tuple[str, str]] = {}
-        self._max_devices = max_devices
-
-    def __len__(self) -> int:
-        return len(self._kinds)
-
-    def get(self, device_id: str) -> tuple[str, str] | None:
-        return self._kinds.get(device_id)
-
-    def learn(self, kinds: dict[str, tuple[str, str]]) -> None:
-        if len(self._kinds) + len(kinds) > self._max_devices:
-            self._kinds.clear()
-        self._kinds.update(kinds)
+from ingest.quality import Device, lock_devices
 
 
 @dataclass(slots=True)
 class Resolution:
-    """Registry facts learned inside the current transaction (to cache once it commits)."""
+    """The batch's registered devices, locked for this transaction, and how many it registered."""
 
-    learned: dict[str, tuple[str, str]]
+    devices: dict[str, Device]
     registered: int
 
 
-def resolve_devices(
-    conn: psycopg.Connection, batch: Iterable[Decoded], cache: DeviceCache, *, auto_register: bool
-) -> Resolution:
-    """Look up (and, when allowed, register) the devices of a batch, then dead-letter the messages
-    of unknown devices and of devices whose registered kind or district differs from the topic's
-    (a district-scoped gateway may only speak for the devices of its districts)."""
-    batch = list(batch)
-    missing: dict[str, tuple[str, str]] = {}
+def resolve_devices(conn: psycopg.Connection, batch: list[Decoded], *, auto_register: bool) -> Resolution:
+    """Lock and read the devices of a batch, register the unknown ones (when allowed), then
+    dead-letter the messages of unknown devices and of devices whose registered kind or district
+    differs from the topic's (a district-scoped gateway may only speak for the devices of its
+    districts).
+
+    Every device the batch names is locked (its message counter moves even when its readings were
+    all refused); only a device with readings or a status is registered.
+    """
+    named: dict[str, tuple[str, str] | None] = {}
     for decoded in batch:
         topic = decoded.topic
-        if topic is None or not (decoded.has_readings or decoded.status):
+        if topic is None:
             continue
-        if cache.get(topic.device_id) is None and topic.device_id not in missing:
-            missing[topic.device_id] = (topic.kind, topic.district)
-    learned: dict[str, tuple[str, str]] = {}
+        if decoded.has_readings or decoded.status:
+            named[topic.device_id] = (topic.kind, topic.district)
+        else:
+            named.setdefault(topic.device_id, None)
+    devices = lock_devices(conn, sorted(named))
     registered = 0
-    if missing:
-        ids = list(missing)
+    unknown = sorted(i for i, where in named.items() if where is not None and i not in devices)
+    if unknown and auto_register:
+        # In id order, as the locks above: two ingest processes registering the same new devices
+        # wait for each other in one order and cannot deadlock.
         with conn.cursor() as cur:
-            if auto_register:
-                cur.execute(
-                    "INSERT INTO devices (device_id, kind, district, auto_registered)"
-                    " SELECT id, kind, district, true FROM unnest(%s::text[], %s::text[], %s::text[])"
-                    " AS t(id, kind, district) ON CONFLICT (device_id) DO NOTHING",
-                    (ids, [missing[i][0] for i in ids], [missing[i][1] for i in ids]),
-                )
-                registered = max(cur.rowcount, 0)
-            cur.execute("SELECT device_id, kind, district FROM devices WHERE device_id = ANY(%s)", (ids,))
-            learned = {device_id: (kind, district) for device_id, kind, district in cur.fetchall()}
+            cur.execute(
+                "INSERT INTO devices (device_id, kind, district, auto_registered)"
+                " SELECT id, kind, district, true FROM unnest(%s::text[], %s::text[], %s::text[])"
+                " WITH ORDINALITY AS t(id, kind, district, n) ORDER BY n"
+                " ON CONFLICT (device_id) DO NOTHING",
+                (unknown, [named[i][0] for i in unknown], [named[i][1] for i in unknown]),  # type: ignore[index]
+            )
+            registered = max(cur.rowcount, 0)
+        devices.update(lock_devices(conn, unknown))
     for decoded in batch:
         topic = decoded.topic
         if topic is None or not (decoded.has_readings or decoded.status):
             continue
-        known = cache.get(topic.device_id) or learned.get(topic.device_id)
-        if known is None:
+        device = devices.get(topic.device_id)
+        if device is None:
             decoded.reject(Reason.UNKNOWN_DEVICE, f"device {topic.device_id!r} is not registered")
-        elif known[0] != topic.kind:
+        elif device.kind != topic.kind:
             decoded.reject(
                 Reason.KIND_MISMATCH,
-                f"device {topic.device_id!r} is registered as {known[0]!r}, topic says {topic.kind!r}",
+                f"device {topic.device_id!r} is registered as {device.kind!r}, topic says {topic.kind!r}",
             )
-        elif known[1] != topic.district:
+        elif device.district != topic.district:
             decoded.reject(
                 DISTRICT_MISMATCH,
-                f"device {topic.device_id!r} is registered in {known[1]!r}, topic says {topic.district!r}",
+                f"device {topic.device_id!r} is registered in {device.district!r},"
+                f" topic says {topic.district!r}",
             )
-    return Resolution(learned, registered)
+    return Resolution(devices, registered)
 
 
 def apply_statuses(conn: psycopg.Connection, batch: Iterable[Decoded]) -> tuple[int, int]:

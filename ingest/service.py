@@ -19,7 +19,6 @@ from ingest.alerts.engine import AlertEngine
 from ingest.alerts.rules import load_rules
 from ingest.mqtt import MqttSource
 from ingest.observability import IngestMetrics, ObservabilityServer
-from ingest.registry import DeviceCache
 from ingest.store import ReadingStore
 from ingest.writer import BatchWriter
 
@@ -54,9 +53,7 @@ class IngestService:
         self._source = MqttSource(settings.mqtt, ingest, self._inbox, self.metrics)
         self.rules = load_rules(ingest.rules_file)
         self.alerts = AlertEngine(self.rules)
-        store = ReadingStore(
-            settings.database, DeviceCache(), auto_register=ingest.auto_register, engine=self.alerts
-        )
+        store = ReadingStore(settings.database, auto_register=ingest.auto_register, engine=self.alerts)
         self._writer = BatchWriter(
             ingest,
             self._inbox,

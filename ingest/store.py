@@ -27,8 +27,8 @@ from ingest.alerts.rules import RuleSet
 from ingest.alerts.store import SilenceReport, apply_plan, check_silence, load_open_alerts, load_windows
 from ingest.errors import IngestError
 from ingest.quality import CREATE_STAGE as CREATE_DEVICE_STAGE
-from ingest.quality import QualityTotals, account, lock_devices, write_devices
-from ingest.registry import DeviceCache, apply_statuses, resolve_devices
+from ingest.quality import QualityTotals, account, write_devices
+from ingest.registry import apply_statuses, resolve_devices
 from ingest.staging import STATEMENTS, KindStatements, StagedKind, stage_batch
 
 log = logging.getLogger("cityneuron.ingest")
@@ -74,13 +74,11 @@ class ReadingStore:
     def __init__(
         self,
         db: DatabaseSettings,
-        cache: DeviceCache,
         *,
         auto_register: bool,
         engine: AlertEngine | None = None,
     ) -> None:
         self._db = db
-        self._cache = cache
         self._auto_register = auto_register
         self._engine = engine
         self._conn: psycopg.Connection | None = None
@@ -176,9 +174,9 @@ class ReadingStore:
         plan = Plan()
         batch = expand(batch)  # gateway batches: one part per device
         with conn.transaction():
-            resolution = resolve_devices(conn, batch, self._cache, auto_register=self._auto_register)
+            resolution = resolve_devices(conn, batch, auto_register=self._auto_register)
             outcome.registered = resolution.registered
-            devices = lock_devices(conn, batch)
+            devices = resolution.devices
             staged = stage_batch(batch)
             with conn.cursor() as cur:
                 for kind_name, kind_rows in staged.items():
@@ -198,8 +196,7 @@ class ReadingStore:
             letters: list[DeadLetter] = [letter for decoded in batch for letter in decoded.dead_letters]
             self._copy_dead_letters(conn, letters)
             outcome.dead_letters.update(letter.reason for letter in letters)
-        # Only facts that are now committed may enter the caches.
-        self._cache.learn(resolution.learned)
+        # Only facts that are now committed may enter the engine's memory.
         if self._engine is not None and plan:
             self._engine.commit(plan)
         if staged:

@@ -19,7 +19,6 @@ from cityneuron.decode import Decoded, Limits, Message, decode_message
 from cityneuron.servers import MosquittoBroker, free_port
 from cityneuron.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
 from ingest.errors import IngestError
-from ingest.registry import DeviceCache
 from ingest.service import IngestService
 from ingest.store import ReadingStore
 
@@ -444,7 +443,7 @@ def test_store_falls_back_to_on_conflict_after_a_duplicate_and_counts_every_row_
             for i in range(first, first + count)
         ]
 
-    store = ReadingStore(database, DeviceCache(), auto_register=True)
+    store = ReadingStore(database, auto_register=True)
     store.connect()
     try:
         assert store.write(batch(0, 10)).stored["smart_pole"] == 10  # fast path

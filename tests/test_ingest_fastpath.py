@@ -19,7 +19,7 @@ from cityneuron.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_me
 from cityneuron.settings import DatabaseSettings, IngestSettings
 from ingest.copybuf import PG_EPOCH_US, CopyColumns
 from ingest.fastdecode import decode_batch
-from ingest.quality import QualityTotals, _account_kind, _Device, _step
+from ingest.quality import QualityTotals, Device, _account_kind, _step
 from ingest.staging import StagedKind, stage_batch
 
 POLE = "city/futian/smart_pole/pole-futian-00001/telemetry"
@@ -157,7 +157,7 @@ def _staged(runs: list[tuple[str, list[int], list[int]]]) -> StagedKind:
     return stage_batch(decoded)["smart_pole"]
 
 
-def _reference(devices: dict[str, _Device], staged: StagedKind) -> QualityTotals:
+def _reference(devices: dict[str, Device], staged: StagedKind) -> QualityTotals:
     """The per-reading accounting (one step per reading in received order)."""
     totals = QualityTotals()
     for row in range(len(staged)):
@@ -174,8 +174,8 @@ def _reference(devices: dict[str, _Device], staged: StagedKind) -> QualityTotals
     return totals
 
 
-def _device(seq_max: int | None, newest_ms: int | None) -> _Device:
-    return _Device("smart_pole", "futian", 0, None, seq_max, 0, 0, 0, newest_ms)
+def _device(seq_max: int | None, newest_ms: int | None) -> Device:
+    return Device("smart_pole", "futian", 0, None, seq_max, 0, 0, 0, newest_ms)
 
 
 @pytest.mark.parametrize("seed", range(6))
