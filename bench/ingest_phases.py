@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             decoded = meter.wrap("decode", decode_batch)(all_messages[i : i + batch], limits, now_ms())
             store.write(decoded)
         total_pg, total_py = _backend_cpu_s(meter.pid) - backend, time.process_time() - own
+        hot = _hot_updates(conn)
         store.close()
     finally:
         server.stop()
@@ -137,7 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         f"\nPostgreSQL bookkeeping {bookkeeping:.1f} us/reading = {bookkeeping / copy:.1f}x the readings' COPY"
         f" ({copy:.1f} us/reading); issue 15 asks at most 2x"
     )
+    print(
+        "updates that changed no index (HOT), whole run: " + ", ".join(f"{t} {share:.0%}" for t, share in hot)
+    )
     return 0
+
+
+def _hot_updates(conn: Any) -> list[tuple[str, float]]:
+    """Per table, the share of updates that were HOT (no index entry written)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute(
+        "SELECT relname, n_tup_hot_upd::float8 / greatest(n_tup_upd, 1) FROM pg_stat_user_tables"
+        " WHERE relname IN ('devices', 'latest_reading') ORDER BY relname"
+    ).fetchall()
+    return [(name, share) for name, share in rows]
 
 
 def _measure_latest(meter: _Meter, conn: Any) -> None:

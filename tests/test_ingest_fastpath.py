@@ -19,7 +19,7 @@ from cityneuron.decode import NO_SEQ, Block, Decoded, Limits, Message, decode_me
 from cityneuron.settings import DatabaseSettings, IngestSettings
 from ingest.copybuf import PG_EPOCH_US, CopyColumns
 from ingest.fastdecode import decode_batch
-from ingest.quality import QualityTotals, Device, _account_kind, _step
+from ingest.quality import Device, QualityTotals, _account_kind, _step
 from ingest.staging import StagedKind, stage_batch
 
 POLE = "city/futian/smart_pole/pole-futian-00001/telemetry"
