@@ -46,6 +46,9 @@ class IngestSettings(BaseModel):
     # subscribes again, are acknowledged and lost (docs/architecture.md).
     share_group: str = ""
     client_id: str = "cityneuron-ingest-1"
+    # Database connections writing at once. Each batch is split by device between them (a device
+    # always to the same one), and acked once all have committed their part.
+    writers: int = Field(2, ge=1, le=16)
     batch_max_messages: int = Field(2000, ge=1)
     flush_interval_ms: int = Field(100, ge=1)
     queue_max_messages: int = Field(20_000, ge=1)

@@ -1,4 +1,5 @@
-"""The ingest service: MQTT network thread -> bounded inbox -> writer thread -> database, then acks.
+"""The ingest service: MQTT network thread -> bounded inbox -> decoder -> writer lanes -> database,
+then acks.
 
 ``run`` is what ``cityneuron ingest`` and ``python -m ingest`` call; tests use ``IngestService``.
 """
@@ -10,6 +11,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Self
 
@@ -17,10 +19,11 @@ from cityneuron.decode import Message
 from cityneuron.settings import Settings
 from ingest.alerts.engine import AlertEngine
 from ingest.alerts.rules import load_rules
+from ingest.lane import Lane
 from ingest.mqtt import MqttSource
 from ingest.observability import IngestMetrics, ObservabilityServer
 from ingest.store import ReadingStore
-from ingest.writer import BatchWriter
+from ingest.writer import BatchWriter, lane_of
 
 log = logging.getLogger("cityneuron.ingest")
 
@@ -52,22 +55,35 @@ class IngestService:
             )
         self._source = MqttSource(settings.mqtt, ingest, self._inbox, self.metrics)
         self.rules = load_rules(ingest.rules_file)
-        self.alerts = AlertEngine(self.rules)
-        store = ReadingStore(settings.database, auto_register=ingest.auto_register, engine=self.alerts)
-        self._writer = BatchWriter(
-            ingest,
-            self._inbox,
-            store,
-            self._source.ack,
-            self.metrics,
-            rules=self.rules,
-            publish=self._source.publish_alerts if ingest.publish_alerts else None,
-        )
+        self.alerts: list[AlertEngine] = []
+        self._writer = BatchWriter(ingest, self._inbox, self._source.ack, self._lane)
         self._writer_thread = threading.Thread(target=self._writer.run, name="ingest-writer", daemon=True)
         self._http: ObservabilityServer | None = None
         self.http_port: int | None = None
         self._started = False
         self._stopped = False
+
+    def _lane(self, index: int, committed: Callable[[int], None], batch_max: int) -> Lane:
+        """Writer lane ``index``: its own connection and the alert state of its devices; lane 0
+        also checks for silent devices."""
+        settings, ingest = self._settings, self._settings.ingest
+        engine = AlertEngine(self.rules, owns=lambda device_id: lane_of(device_id, ingest.writers) == index)
+        self.alerts.append(engine)
+        store = ReadingStore(settings.database, auto_register=ingest.auto_register, engine=engine)
+        return Lane(
+            str(index + 1),
+            ingest,
+            store,
+            committed,
+            self.metrics,
+            batch_max=batch_max,
+            rules=self.rules if index == 0 else None,
+            publish=self._source.publish_alerts if ingest.publish_alerts else None,
+        )
+
+    def open_alerts(self, rule: str) -> int:
+        """How many alerts of ``rule`` are open in this process's memory (all lanes)."""
+        return sum(engine.open_count(rule) for engine in self.alerts)
 
     @property
     def failure(self) -> BaseException | None:
@@ -94,10 +110,11 @@ class IngestService:
         self._writer_thread.start()
         self._source.start()
         log.info(
-            "ingest started client_id=%s share_group=%s batch_max=%d flush_ms=%d receive_maximum=%d"
+            "ingest started client_id=%s share_group=%s writers=%d batch_max=%d flush_ms=%d receive_maximum=%d"
             " alert_rules=%s rules_file=%s publish_alerts=%s",
             ingest.client_id,
             ingest.share_group,
+            ingest.writers,
             ingest.batch_max_messages,
             ingest.flush_interval_ms,
             ingest.receive_maximum,

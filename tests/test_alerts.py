@@ -147,7 +147,7 @@ def test_open_alert_survives_an_ingest_restart(settings: Settings, broker: Mosqu
         _publish(broker, (MANHOLE, encode_reading(t0, {"tilt_deg": 30.0})))
         _await_sample(first, "cityneuron_ingest_alerts_opened_total", 1, rule="manhole_tilt")
     with _AlertListener(broker.port).running() as listener, _running(_with_ingest(settings)) as second:
-        assert second.alerts.open_count("manhole_tilt") == 1
+        assert second.open_alerts("manhole_tilt") == 1
         _publish(broker, (MANHOLE, encode_reading(t0 + MIN_MS, {"tilt_deg": 40.0})))
         _await_sample(second, "cityneuron_ingest_readings_stored_total", 1, kind="manhole_cover")
         assert _rows(settings, open_rows) == [(1,)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -85,10 +86,15 @@ class Plan:
 
 
 class AlertEngine:
-    """In-memory alert state of one ingest process; the ``alerts`` table is the record."""
+    """In-memory alert state of one writer lane; the ``alerts`` table is the record.
 
-    def __init__(self, rules: RuleSet) -> None:
+    ``owns(device_id)``: whether the device is this lane's (ingest.writer.lane_of); state of
+    other devices is not loaded.
+    """
+
+    def __init__(self, rules: RuleSet, owns: Callable[[str], bool] | None = None) -> None:
         self.rules = rules
+        self._owns = owns or (lambda _device_id: True)
         self._states: dict[str, dict[str, DeviceRuleState]] = {r.name: {} for r in rules.thresholds}
 
     def open_count(self, rule: str) -> int:
@@ -101,14 +107,16 @@ class AlertEngine:
                 del states[device_id]
         for rule, device_id, opened_ms, peak in open_alerts:
             rule_states = self._states.get(rule)
-            if rule_states is None:
-                continue  # a rule no longer in the file: its alerts stay open in the table
+            if rule_states is None or not self._owns(device_id):
+                continue  # a rule no longer in the file (its alerts stay open), or another lane's device
             state = rule_states.get(device_id) or DeviceRuleState(last_ts_ms=opened_ms)
             state.open, state.pending_since_ms, state.peak = True, None, peak
             rule_states[device_id] = state
 
     def load_window(self, rule: str, device_id: str, ts_ms: int, value: float) -> None:
         """Put a stored reading back into a window (at start, so a restart keeps the last hour)."""
+        if not self._owns(device_id):
+            return
         state = self._states[rule].setdefault(device_id, DeviceRuleState(last_ts_ms=ts_ms))
         if state.window is None:
             state.window = deque()
