@@ -654,7 +654,13 @@ def _report(bench: Bench, info: dict[str, Any]) -> str:
         "ingest: "
         + " ".join(
             f"{k}={getattr(ingest, k)}"
-            for k in ("writers", "batch_max_messages", "flush_interval_ms", "receive_maximum", "queue_max_messages")
+            for k in (
+                "writers",
+                "batch_max_messages",
+                "flush_interval_ms",
+                "receive_maximum",
+                "queue_max_messages",
+            )
         ),
         "",
         f"{'stage':<{width}} {'seconds':>8} {'messages/s':>11} {'readings/s':>11} {'/ceiling':>9}",

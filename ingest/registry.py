@@ -9,7 +9,6 @@ batch queried (and tried to register) its devices again.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -20,22 +19,25 @@ from cityneuron.errors import Reason
 from ingest.quality import Device, lock_devices
 
 
-@dataclass(slots=True)
-class Resolution:
-    """The batch's registered devices, locked for this transaction, and how many it registered."""
+class Unregistered(Exception):
+    """The batch names devices that are not registered (device id -> kind, district from its
+    topic): register them (:func:`register_devices`), then write the batch again."""
 
-    devices: dict[str, Device]
-    registered: int
+    def __init__(self, devices: dict[str, tuple[str, str]]) -> None:
+        super().__init__(f"{len(devices)} devices are not registered")
+        self.devices = devices
 
 
-def resolve_devices(conn: psycopg.Connection, batch: list[Decoded], *, auto_register: bool) -> Resolution:
-    """Lock and read the devices of a batch, register the unknown ones (when allowed), then
-    dead-letter the messages of unknown devices and of devices whose registered kind or district
-    differs from the topic's (a district-scoped gateway may only speak for the devices of its
-    districts).
+def resolve_devices(
+    conn: psycopg.Connection, batch: list[Decoded], *, register_first: bool
+) -> dict[str, Device]:
+    """Lock and read the devices of a batch, then dead-letter the messages of unknown devices and
+    of devices whose registered kind or district differs from the topic's (a district-scoped
+    gateway may only speak for the devices of its districts).
 
     Every device the batch names is locked (its message counter moves even when its readings were
-    all refused); only a device with readings or a status is registered.
+    all refused). ``register_first``: raise :class:`Unregistered` (before changing anything) when a
+    device with readings or a status is not registered.
     """
     named: dict[str, tuple[str, str] | None] = {}
     for decoded in batch:
@@ -47,21 +49,9 @@ def resolve_devices(conn: psycopg.Connection, batch: list[Decoded], *, auto_regi
         else:
             named.setdefault(topic.device_id, None)
     devices = lock_devices(conn, sorted(named))
-    registered = 0
-    unknown = sorted(i for i, where in named.items() if where is not None and i not in devices)
-    if unknown and auto_register:
-        # In id order, as the locks above: two ingest processes registering the same new devices
-        # wait for each other in one order and cannot deadlock.
-        with conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO devices (device_id, kind, district, auto_registered)"
-                " SELECT id, kind, district, true FROM unnest(%s::text[], %s::text[], %s::text[])"
-                " WITH ORDINALITY AS t(id, kind, district, n) ORDER BY n"
-                " ON CONFLICT (device_id) DO NOTHING",
-                (unknown, [named[i][0] for i in unknown], [named[i][1] for i in unknown]),  # type: ignore[index]
-            )
-            registered = max(cur.rowcount, 0)
-        devices.update(lock_devices(conn, unknown))
+    unknown = {i: where for i, where in named.items() if where is not None and i not in devices}
+    if unknown and register_first:
+        raise Unregistered(unknown)
     for decoded in batch:
         topic = decoded.topic
         if topic is None or not (decoded.has_readings or decoded.status):
@@ -80,7 +70,27 @@ def resolve_devices(conn: psycopg.Connection, batch: list[Decoded], *, auto_regi
                 f"device {topic.device_id!r} is registered in {device.district!r},"
                 f" topic says {topic.district!r}",
             )
-    return Resolution(devices, registered)
+    return devices
+
+
+def register_devices(conn: psycopg.Connection, devices: dict[str, tuple[str, str]]) -> int:
+    """Register devices from their topics (device id -> kind, district) outside any batch
+    transaction; return how many were new.
+
+    Committed at once: another ingest process (or lane) registering the same new device waits for
+    this statement, not for a whole batch. In id order, like the locks of :func:`resolve_devices`,
+    so two of them registering overlapping devices wait in one order and cannot deadlock.
+    """
+    ids = sorted(devices)
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO devices (device_id, kind, district, auto_registered)"
+            " SELECT id, kind, district, true FROM unnest(%s::text[], %s::text[], %s::text[])"
+            " WITH ORDINALITY AS t(id, kind, district, n) ORDER BY n"
+            " ON CONFLICT (device_id) DO NOTHING",
+            (ids, [devices[i][0] for i in ids], [devices[i][1] for i in ids]),
+        )
+        return max(cur.rowcount, 0)
 
 
 def apply_statuses(conn: psycopg.Connection, batch: Iterable[Decoded]) -> tuple[int, int]:

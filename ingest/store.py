@@ -28,7 +28,7 @@ from ingest.alerts.store import SilenceReport, apply_plan, check_silence, load_o
 from ingest.errors import IngestError
 from ingest.quality import CREATE_STAGE as CREATE_DEVICE_STAGE
 from ingest.quality import QualityTotals, account, write_devices
-from ingest.registry import apply_statuses, resolve_devices
+from ingest.registry import Unregistered, apply_statuses, register_devices, resolve_devices
 from ingest.staging import STATEMENTS, KindStatements, StagedKind, stage_batch
 
 log = logging.getLogger("cityneuron.ingest")
@@ -167,16 +167,24 @@ class ReadingStore:
         return self._conn
 
     def write(self, batch: list[Decoded]) -> BatchOutcome:
-        """Store a batch in one transaction: readings, latest values, registry, quality counters,
-        alerts, dead letters."""
+        """Store a batch in one transaction: readings, latest values, quality counters, alerts,
+        dead letters; new devices (with ``auto_register``) are registered just before it."""
         conn = self._connection()
+        batch = expand(batch)  # gateway batches: one part per device
+        try:
+            return self._write(conn, batch, register_first=self._auto_register)
+        except Unregistered as unknown:
+            # Rolled back before it changed anything: register, then write the batch again.
+            registered = register_devices(conn, unknown.devices)
+        outcome = self._write(conn, batch, register_first=False)
+        outcome.registered = registered
+        return outcome
+
+    def _write(self, conn: psycopg.Connection, batch: list[Decoded], *, register_first: bool) -> BatchOutcome:
         outcome = BatchOutcome()
         plan = Plan()
-        batch = expand(batch)  # gateway batches: one part per device
         with conn.transaction():
-            resolution = resolve_devices(conn, batch, auto_register=self._auto_register)
-            outcome.registered = resolution.registered
-            devices = resolution.devices
+            devices = resolve_devices(conn, batch, register_first=register_first)
             staged = stage_batch(batch)
             with conn.cursor() as cur:
                 for kind_name, kind_rows in staged.items():
