@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -94,6 +95,8 @@ class Lane:
         self._next_silence_check = time.monotonic() + ingest.silent_check_interval_s
         self._catching_up = False
         self._silence_deferrals = 0
+        # Silence is judged only over time this ingest listened (ingest.alerts.store.check_silence).
+        self._listening_since = datetime.now(UTC)
         self._batch_max = batch_max
         self._retry_cap_s = ingest.db_retry_max_delay_s
         self._draining = threading.Event()
@@ -259,7 +262,9 @@ class Lane:
         if self._rules is None or not self._store.connected:
             return
         try:
-            report = self._store.check_silence(self._rules, self._ingest.silent_after_intervals)
+            report = self._store.check_silence(
+                self._rules, self._ingest.silent_after_intervals, self._listening_since
+            )
         except psycopg.OperationalError as exc:
             self._outage(exc, 0, 0)
             return

@@ -242,11 +242,14 @@ class ReadingStore:
         cur.execute(statements.insert)
         rows.mark_duplicates(ord_ for (ord_,) in cur.fetchall())
 
-    def check_silence(self, rules: RuleSet, silent_after_intervals: float) -> SilenceReport:
-        """Count silent devices and open/close silence alerts, in a transaction of its own."""
+    def check_silence(
+        self, rules: RuleSet, silent_after_intervals: float, heard_since: datetime | None = None
+    ) -> SilenceReport:
+        """Count silent devices and open/close silence alerts, in a transaction of its own
+        (``heard_since``: see :func:`ingest.alerts.store.check_silence`)."""
         conn = self._connection()
         with conn.transaction():
-            report = check_silence(conn, rules, silent_after_intervals, self._silence_checked_to)
+            report = check_silence(conn, rules, silent_after_intervals, self._silence_checked_to, heard_since)
         # Only once committed: a rolled-back check is redone from the earlier thresholds.
         self._silence_checked_to = report.checked_to
         return report

@@ -142,3 +142,27 @@ def test_silence_check_opens_and_closes_without_a_full_scan(database: DatabaseSe
         third = check_silence(conn, rules, SILENT_AFTER, again.checked_to)
         assert {(t.state, t.device_id) for t in third.transitions} == {("closed", back), ("open", quiet)}
         assert third.silent_by_kind["smart_pole"] == len(silent_poles)
+
+
+def test_silence_is_judged_only_over_the_time_ingest_listened(database: DatabaseSettings) -> None:
+    """After a restart, a kind's devices are not called silent before ingest has listened for the
+    kind's whole silence span; the first check after it opens every device still silent."""
+    rules = RuleSet.of((), SilentRule())
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        _register(conn, _fleet())
+        silent_poles = {
+            r[0]
+            for r in _fleet()
+            if r[1] == "smart_pole" and r[3] is not False and r[4] and r[4] < NOW - timedelta(minutes=3)
+        }
+        assert silent_poles
+        just_started = check_silence(conn, rules, SILENT_AFTER, None, heard_since=NOW)
+        assert just_started.transitions == []
+        assert "smart_pole" not in just_started.checked_to  # the kind is still to be looked at whole
+        assert just_started.silent_by_kind["smart_pole"] == len(silent_poles)  # the counts still say so
+        # Listening for longer than a pole's 3 minutes: the poles are judged, from the beginning.
+        later = check_silence(conn, rules, SILENT_AFTER, just_started.checked_to, NOW - timedelta(minutes=4))
+        opened = {t.device_id for t in later.transitions if t.state == "open"}
+        assert {d for d in opened if d.startswith("pole-")} == silent_poles
+        assert "smart_pole" in later.checked_to
+        assert not any(d.startswith("wm-") for d in opened)  # water meters: 3 days not yet listened

@@ -120,7 +120,7 @@ _OPEN_SILENT = (
     " SELECT d.device_id, d.kind, d.district, %(rule)s, %(severity)s,"
     " d.last_seen_at + k.after_s * interval '1 second', k.after_s, k.after_s,"
     " 'nothing received for ' || k.after_s || ' s'"
-    " FROM unnest(%(kinds)s::text[], %(after)s::float8[], %(since)s::timestamptz[])"
+    " FROM unnest(%(open_kinds)s::text[], %(open_after)s::float8[], %(since)s::timestamptz[])"
     " AS k(kind, after_s, since) JOIN LATERAL (SELECT * FROM devices AS d WHERE d.kind = k.kind"
     " AND d.last_seen_at < %(now)s - k.after_s * interval '1 second'"
     " AND (k.since IS NULL OR d.last_seen_at >= k.since) AND d.online IS NOT FALSE) AS d ON true"
@@ -154,10 +154,16 @@ def check_silence(
     rules: RuleSet,
     silent_after_intervals: float,
     checked_to: Mapping[str, datetime] | None = None,
+    heard_since: datetime | None = None,
 ) -> SilenceReport:
     """Count silent devices per kind, and open/close the silence alerts (when the rule is on).
 
     ``checked_to``: the previous report's thresholds (None: look at every silent device).
+    ``heard_since``: when this ingest began listening. Silence alerts of a kind open only once
+    ingest has listened for the kind's whole silence span: after a restart a device's last message
+    may still wait in the broker, or the device has not reached its slot yet; at 17 M devices,
+    judging them at once would open (and soon close) millions of alerts. Such a kind is left out
+    of ``checked_to``, so its first judged check looks at every silent device.
     """
     query, args = status_counts_sql(silent_after_intervals)
     silent_by_kind = {k.name: 0 for k in KINDS}
@@ -173,11 +179,18 @@ def check_silence(
     rule = rules.silent
     if rule is None:
         return SilenceReport(silent_by_kind, [], thresholds)
-    since = [
-        checked_to[k.name] - _SINCE_MARGIN if checked_to and k.name in checked_to else None for k in KINDS
-    ]
-    params = {"kinds": [k.name for k in KINDS], "after": after, "since": since, "now": now}
-    return SilenceReport(silent_by_kind, _silence_alerts(conn, rule, params), thresholds)
+    judged = [k for k in KINDS if heard_since is None or heard_since <= thresholds[k.name]]
+    opening = {
+        "open_kinds": [k.name for k in judged],
+        "open_after": [k.interval_s * silent_after_intervals for k in judged],
+        "since": [
+            checked_to[k.name] - _SINCE_MARGIN if checked_to and k.name in checked_to else None
+            for k in judged
+        ],
+    }
+    params = {"kinds": [k.name for k in KINDS], "after": after, "now": now, **opening}
+    checked = {k.name: thresholds[k.name] for k in judged}
+    return SilenceReport(silent_by_kind, _silence_alerts(conn, rule, params), checked)
 
 
 def _silence_alerts(
