@@ -116,15 +116,20 @@ def test_migration_counts_the_devices_already_registered(database: DatabaseSetti
         assert _kept(conn) == _scanned(conn)
 
 
+def _silent_poles() -> set[str]:
+    """The fleet's poles that are silent: heard from over 3 minutes ago, not said to be down."""
+    return {
+        r[0]
+        for r in _fleet()
+        if r[1] == "smart_pole" and r[3] is not False and r[4] and r[4] < NOW - timedelta(minutes=3)
+    }
+
+
 def test_silence_check_opens_and_closes_without_a_full_scan(database: DatabaseSettings) -> None:
     rules = RuleSet.of((), SilentRule())
     with psycopg.connect(database.url, autocommit=True) as conn:
         _register(conn, _fleet())
-        silent_poles = {
-            r[0]
-            for r in _fleet()
-            if r[1] == "smart_pole" and r[3] is not False and r[4] and r[4] < NOW - timedelta(minutes=3)
-        }
+        silent_poles = _silent_poles()
         first = check_silence(conn, rules, SILENT_AFTER)
         opened = {t.device_id for t in first.transitions if t.state == "open"}
         assert {d for d in opened if d.startswith("pole-")} == silent_poles
@@ -150,11 +155,7 @@ def test_silence_is_judged_only_over_the_time_ingest_listened(database: Database
     rules = RuleSet.of((), SilentRule())
     with psycopg.connect(database.url, autocommit=True) as conn:
         _register(conn, _fleet())
-        silent_poles = {
-            r[0]
-            for r in _fleet()
-            if r[1] == "smart_pole" and r[3] is not False and r[4] and r[4] < NOW - timedelta(minutes=3)
-        }
+        silent_poles = _silent_poles()
         assert silent_poles
         just_started = check_silence(conn, rules, SILENT_AFTER, None, heard_since=NOW)
         assert just_started.transitions == []
