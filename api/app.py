@@ -56,7 +56,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         state = ApiState(
             settings=settings,
             pool=pool,
-            views=ViewCache(settings.api.shared_view_max_age_ms / 1000),
+            views=ViewCache(
+                settings.api.shared_view_max_age_ms / 1000, keep_warm_s=settings.api.shared_view_keep_warm_s
+            ),
             device_views=ViewCache(
                 settings.api.latest_max_age_ms / 1000, max_entries=settings.api.latest_cache_devices
             ),

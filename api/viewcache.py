@@ -38,6 +38,7 @@ class RenderedView:
 class _Entry:
     started_at: float
     task: asyncio.Task[RenderedView]
+    render: Callable[[], Awaitable[RenderedView]]
     # The next render, started once this one is half its allowed age (None until then).
     refresh: _Entry | None = None
 
@@ -59,13 +60,16 @@ class ViewCache:
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = _MAX_ENTRIES,
+        keep_warm_s: float = 0.0,
     ) -> None:
         if max_age_s < 0:
             raise ValueError("max_age_s must not be negative")
         self.max_age_s = max_age_s
         self._clock = clock
         self._max_entries = max_entries
+        self._keep_warm_s = keep_warm_s
         self._entries: dict[Hashable, _Entry] = {}
+        self._asked_at: dict[Hashable, float] = {}
 
     async def get(self, key: Hashable, render: Callable[[], Awaitable[RenderedView]]) -> RenderedView:
         """The view under ``key``: cached when fresh enough, else rendered by ``render`` (once).
@@ -76,6 +80,7 @@ class ViewCache:
         if self.max_age_s == 0:
             return await render()
         now = self._clock()
+        self._asked_at[key] = now
         entry = self._entries.get(key)
         if entry is not None and not entry.usable(now, self.max_age_s):
             successor = entry.refresh
@@ -98,9 +103,21 @@ class ViewCache:
         render: Callable[[], Awaitable[RenderedView]],
         replaces: _Entry | None = None,
     ) -> _Entry:
-        entry = _Entry(now, asyncio.ensure_future(render()))
+        entry = _Entry(now, asyncio.ensure_future(render()), render)
         entry.task.add_done_callback(functools.partial(self._settle, key, entry, replaces))
+        if self._keep_warm_s > 0:
+            asyncio.get_running_loop().call_later(self.max_age_s / 2, self._render_ahead, key, entry)
         return entry
+
+    def _render_ahead(self, key: Hashable, entry: _Entry) -> None:
+        """Half-way through ``entry``'s age: start its successor if the view is still asked for."""
+        now = self._clock()
+        if self._entries.get(key) is not entry or entry.refresh is not None or not entry.task.done():
+            return
+        if now - self._asked_at.get(key, float("-inf")) <= self._keep_warm_s:
+            entry.refresh = self._start(key, now, entry.render, replaces=entry)
+        else:
+            self._asked_at.pop(key, None)
 
     def _settle(
         self, key: Hashable, entry: _Entry, replaces: _Entry | None, task: asyncio.Task[RenderedView]
@@ -119,8 +136,10 @@ class ViewCache:
         stale = [k for k, e in self._entries.items() if not e.usable(now, self.max_age_s)]
         for key in stale:
             del self._entries[key]
+            self._asked_at.pop(key, None)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
+            self._asked_at.clear()
 
 
 class FingerprintCache:

@@ -87,6 +87,9 @@ class ApiSettings(BaseModel):
     workers: int = Field(1, ge=1)
     # District summary and city overview are shared between polls, never served older than this.
     shared_view_max_age_ms: int = Field(1000, ge=0)
+    # A shared view asked for within this long is rendered ahead on a timer (api.viewcache), so a
+    # poll never waits for a render; 0: only when a request comes.
+    shared_view_keep_warm_s: float = Field(10.0, ge=0)
     # The latest reading of one device likewise (0: every request reads the database).
     latest_max_age_ms: int = Field(500, ge=0)
     # Devices whose latest reading is kept for that long, per worker.

@@ -79,6 +79,33 @@ def test_view_cache_renders_once_per_period_and_shares_it() -> None:
     asyncio.run(scenario())
 
 
+def test_view_cache_renders_ahead_while_the_view_is_asked_for() -> None:
+    """With ``keep_warm_s`` the successor is rendered on a timer at half the age, so a request just
+    after expiry is served without waiting; a view nobody asks for any more is left to expire."""
+
+    async def scenario() -> None:
+        cache = ViewCache(0.2, keep_warm_s=0.3)
+        render = _Renderer()
+        assert (await cache.get("overview", render)).body == b"1"
+        await asyncio.sleep(0.25)  # past the first answer's expiry: the timer rendered its successor
+        before = render.renders
+        assert before >= 2
+        view = await cache.get("overview", render)
+        # Served at once (the newest answer, or the one before while the newest still renders).
+        assert render.renders == before and view.body in {str(before - 1).encode(), str(before).encode()}
+        await asyncio.sleep(0.8)  # nobody asks: renders ahead stop once 0.3 s passed without a request
+        stopped = render.renders
+        await asyncio.sleep(0.3)
+        assert render.renders == stopped
+        cold = ViewCache(0.2)  # keep_warm_s 0: only a request renders
+        other = _Renderer()
+        await cold.get("overview", other)
+        await asyncio.sleep(0.25)
+        assert other.renders == 1
+
+    asyncio.run(scenario())
+
+
 def test_view_cache_does_not_keep_failures_and_zero_disables_it() -> None:
     async def scenario() -> None:
         cache = ViewCache(60.0, clock=_Clock())
