@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--retention-hours",
         type=float,
-        help="drop readings older than this (whole partitions; hourly partitions below 3 days)",
+        help="drop readings older than this (whole partitions: daily from 4 days, hourly from 4 hours, else 15 or 5 minutes)",
     )
     _add_sim_options(up)
 
@@ -162,16 +162,38 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+# Partition (TimescaleDB: chunk) widths for a retention, widest first: the retention spans at
+# least _PARTITIONS_PER_RETENTION of them, so dropping the oldest frees a small share of the disk.
+_PARTITION_WIDTHS_H: tuple[tuple[float, str], ...] = (
+    (24.0, "1 day"),
+    (1.0, "1 hour"),
+    (0.25, "15 minutes"),
+    (5 / 60, "5 minutes"),
+)
+_PARTITIONS_PER_RETENTION = 4
+
+
+def partition_width(retention_hours: float) -> str:
+    """The widest partition that fits the retention ``_PARTITIONS_PER_RETENTION`` times (never
+    under 5 minutes: pg_partman's maintenance runs every minute)."""
+    for width_h, width in _PARTITION_WIDTHS_H:
+        if retention_hours >= width_h * _PARTITIONS_PER_RETENTION:
+            return width
+    return _PARTITION_WIDTHS_H[-1][1]
+
+
 def with_retention_hours(settings: Settings, hours: float | None) -> Settings:
-    """``--retention-hours``: the database retention; below three days, hourly partitions so that
-    the retention drops an hour at a time rather than a day."""
+    """``--retention-hours``: the database retention, with partitions narrow enough that the
+    retention drops a small part at a time (:func:`partition_width`): daily from 4 days, hourly
+    from 4 hours, then 15 and 5 minutes, so a short retention can be watched at work."""
     if hours is None:
         return settings
     if hours <= 0:
         raise CityNeuronError("--retention-hours must be positive")
-    update: dict[str, Any] = {"retention": f"{hours * 3600:.0f} seconds"}
-    if hours < 72:
-        update["chunk_interval"] = "1 hour"
+    update: dict[str, Any] = {
+        "retention": f"{hours * 3600:.0f} seconds",
+        "chunk_interval": partition_width(hours),
+    }
     return settings.model_copy(update={"database": settings.database.model_copy(update=update)})
 
 

@@ -13,10 +13,11 @@ import psycopg
 import pytest
 
 from cityneuron.catalog import KIND_BY_NAME, KINDS
+from cityneuron.cli import partition_width, with_retention_hours
 from cityneuron.partitions import PREMAKE, is_partitioned, run_maintenance
 from cityneuron.schema import init_schema
 from cityneuron.servers import PostgresServer
-from cityneuron.settings import DatabaseSettings
+from cityneuron.settings import DatabaseSettings, Settings
 
 POLE = KIND_BY_NAME["smart_pole"]
 
@@ -152,3 +153,20 @@ def test_timescaledb_gets_a_retention_policy(postgres_timescaledb: PostgresServe
         ).fetchone()
     assert {j[0] for j in jobs} == {k.table for k in KINDS}
     assert compression == (len(KINDS),)
+
+
+def test_a_retention_spans_at_least_four_partitions() -> None:
+    """`--retention-hours`: daily partitions from 4 days, hourly from 4 hours, then 15 and 5
+    minutes, so a short retention can be watched dropping partitions within the hour."""
+    assert [partition_width(h) for h in (24 * 30, 96, 95, 4, 3.9, 1, 0.5, 0.1)] == [
+        "1 day",
+        "1 day",
+        "1 hour",
+        "1 hour",
+        "15 minutes",
+        "15 minutes",
+        "5 minutes",
+        "5 minutes",
+    ]
+    settings = with_retention_hours(Settings(), 0.25)
+    assert (settings.database.retention, settings.database.chunk_interval) == ("900 seconds", "5 minutes")
