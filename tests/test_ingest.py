@@ -314,7 +314,8 @@ def test_status_upserts_the_registry(settings: Settings, broker: MosquittoBroker
         registry_row = (
             "SELECT online, lat, lon, installed::text, meta, auto_registered, district FROM devices"
         )
-        row = eventually(lambda: _rows(settings, registry_row), bool)
+        # A new device is registered just before the batch that carries its status (ingest.store).
+        row = eventually(lambda: _rows(settings, registry_row), lambda r: bool(r) and r[0][0] is not None)
         assert row == [(True, 22.53, 113.93, "2024-05-01", {"vendor": "acme"}, True, "nanshan")]
         _publish(broker, (topic, encode_status(False, now, {"meta": {"firmware": "2.1"}})))
         eventually(lambda: _rows(settings, "SELECT online FROM devices"), lambda r: r == [(False,)])
