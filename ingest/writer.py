@@ -137,9 +137,9 @@ class BatchWriter:
     def run(self) -> None:
         """Decode batch after batch and hand the parts to the lanes, until drained or aborted.
 
-        Each lane holds one part waiting while it writes the previous one, so decoding runs one
-        batch ahead of the database (the GIL is released while PostgreSQL works) and at most two
-        batches are unacked in ingest at any time.
+        Each lane holds one part waiting while it writes the previous one, so decoding runs ahead
+        of the database (the GIL is released while PostgreSQL works); what is unacked in ingest is
+        bounded by the receive window (``ingest.receive_maximum``), as the broker sends no more.
         """
         threads = [
             threading.Thread(target=lane.run, name=f"ingest-writer-{lane.name}", daemon=True)
