@@ -3,7 +3,9 @@
 At 17 M devices, counting states with ``GROUP BY`` over ``devices`` costs seconds per request
 and per silence check. Instead statement-level triggers with transition tables (one aggregate
 per INSERT/UPDATE/DELETE statement, whatever its size, so a 2,000-device ingest batch costs one
-small upsert) keep ``device_state_counts``: for each (district, kind) the devices that are
+small upsert) on ``device_activity`` (cityneuron.device_activity: each device's state, copied
+from ``devices`` where it is not its own) keep ``device_state_counts``: for each (district,
+kind) the devices that are
 
 - ``offline`` (``online`` is false), ``unknown`` (never heard from), or
 - ``seen``: counted in the bucket of their ``last_seen_at``. Buckets are 1/100 of the kind's
@@ -12,9 +14,9 @@ small upsert) keep ``device_state_counts``: for each (district, kind) the device
   wholly older than the threshold: exact to 1 % of the interval, at a cost that depends on the
   number of buckets (thousands), not of devices.
 
-Every path that writes ``devices`` (ingest's quality counters and statuses, auto-registration,
-the registry COPY, the API) is covered by the triggers, so there is nothing to keep in step
-by hand. Rows whose count fell to zero are removed by :func:`prune`.
+Every path that changes a device's state (ingest's quality counters, statuses through the
+copy of ``online``, auto-registration, the registry COPY, deletion) goes through that table and
+its triggers, so there is nothing to keep in step by hand. Rows whose count fell to zero are removed by :func:`prune`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,28 @@ def _function(name: str, body: str) -> str:
 _NEW = ("new_rows", 1)
 _OLD = ("old_rows", -1)
 
+# The triggers keeping the counts: name -> (event, what follows the table name). On ``devices``
+# from schema version 3, on ``device_activity`` from version 5 (cityneuron.device_activity).
+TRIGGERS: dict[str, tuple[str, str]] = {
+    "device_counts_insert": (
+        "AFTER INSERT",
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION device_counts_insert()",
+    ),
+    "device_counts_update": (
+        "AFTER UPDATE",
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION device_counts_update()",
+    ),
+    "device_counts_delete": (
+        "AFTER DELETE",
+        "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION device_counts_delete()",
+    ),
+    "device_counts_truncate": (
+        "AFTER TRUNCATE",
+        "FOR EACH STATEMENT EXECUTE FUNCTION device_counts_truncate()",
+    ),
+}
+
 # Schema version 3 (cityneuron.schema): the tables, the triggers, and the counts of the devices
 # already registered (one scan, at migration time).
 MIGRATION: tuple[str, ...] = (
@@ -99,15 +123,7 @@ MIGRATION: tuple[str, ...] = (
     _function("device_counts_update", _apply([_NEW, _OLD])),
     _function("device_counts_delete", _apply([_OLD])),
     _function("device_counts_truncate", "DELETE FROM device_state_counts"),
-    "CREATE TRIGGER device_counts_insert AFTER INSERT ON devices REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION device_counts_insert()",
-    "CREATE TRIGGER device_counts_update AFTER UPDATE ON devices"
-    " REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION device_counts_update()",
-    "CREATE TRIGGER device_counts_delete AFTER DELETE ON devices REFERENCING OLD TABLE AS old_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION device_counts_delete()",
-    "CREATE TRIGGER device_counts_truncate AFTER TRUNCATE ON devices"
-    " FOR EACH STATEMENT EXECUTE FUNCTION device_counts_truncate()",
+    *(f"CREATE TRIGGER {name} {event} ON devices {rest}" for name, (event, rest) in TRIGGERS.items()),
     # Silence alerts find the devices that just fell silent by range, not by scanning them all.
     "CREATE INDEX devices_kind_last_seen ON devices (kind, last_seen_at)",
     # /devices?kind=...: pages in id order within a kind. Without it, a kind whose ids sort last
@@ -127,7 +143,7 @@ def sync_kind_liveness(conn: psycopg.Connection) -> None:
     if stored == wanted:
         return
     # No device changes while recounting (writers wait; this runs on migration or catalog change).
-    conn.execute("LOCK TABLE devices IN SHARE MODE")
+    conn.execute("LOCK TABLE device_activity IN SHARE MODE")
     conn.execute("DELETE FROM kind_liveness")
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO kind_liveness (kind, bucket_s) VALUES (%s, %s)", list(wanted.items()))
@@ -135,7 +151,7 @@ def sync_kind_liveness(conn: psycopg.Connection) -> None:
     conn.execute(
         "INSERT INTO device_state_counts (district, kind, state, seen_bucket, n)"  # noqa: S608
         f" SELECT t.district, t.kind, {_STATE}, {_BUCKET}, count(*)"
-        " FROM devices AS t LEFT JOIN kind_liveness AS k ON k.kind = t.kind GROUP BY 1, 2, 3, 4"
+        " FROM device_activity AS t LEFT JOIN kind_liveness AS k ON k.kind = t.kind GROUP BY 1, 2, 3, 4"
     )
 
 

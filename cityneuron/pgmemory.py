@@ -1,17 +1,17 @@
 """PostgreSQL settings for the city's size: memory for a large registry, and WAL to match.
 
-At 17 M devices every telemetry message updates one row of ``devices`` picked at random (and,
-the update not being HOT because ``last_seen_at`` is indexed, an entry in each of its four
-indexes) and one of ``latest_reading``. Measured at 1:1 with 256 MB of shared buffers: those
-pages were read from disk one at a time (ingest's backend waiting on ``DataFileRead``, about 300
-reads/s) and ingest stored about 300 messages/s of the city's 2,850. The registry's working set
-has to stay in memory; the OS page cache is not enough on a machine that reclaims cold pages.
+At 17 M devices every telemetry message updates a row of ``device_activity`` and one of
+``latest_reading``, each picked at random among 17 M. Measured at 1:1 with 256 MB of shared
+buffers (when those counters still lived in the wide ``devices`` table): the pages were read
+from disk one at a time (ingest's backend waiting on ``DataFileRead``, about 300 reads/s) and
+ingest stored about 300 messages/s of the city's 2,850. That working set has to stay in memory;
+the OS page cache is not enough on a machine that reclaims cold pages.
 
 Those updates also land on random pages: with checkpoints every 2 GB of WAL (about 20 s at 1:1)
 nearly every update wrote a full-page image (measured: 115 MB/s written for ~600 messages/s).
 Spacing checkpoints out lets one image and one write-back serve the many updates a page gets in
-between (a registry page holds ~40 devices; the electricity meters' pages are touched ~40 times
-an hour), and compressing the images shrinks the rest.
+between (the electricity meters' pages are touched dozens of times an hour), and compressing
+the images shrinks the rest.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import os
 DEFAULT_SHARED_BUFFERS_MB = 256
 # From this many devices on, the registry gets its own memory and is read in at start-up.
 LARGE_CITY_DEVICES = 1_000_000
-# Working set per device: devices' heap and indexes (7.7 GB measured for 17.1 M devices) plus
-# latest_reading once the device has reported (about 200 bytes).
+# Working set per device: device_activity's heap and indexes plus latest_reading's once the
+# device has reported (measured at 1:1: see docs/scale.md).
 _BYTES_PER_DEVICE = 650
 # PostgreSQL's own guidance: a quarter of RAM and more for a dedicated server, rarely over 40 %
 # (the OS cache still holds the reading partitions and the WAL).
 _MAX_RAM_FRACTION = 0.4
 # Tables whose every page the ingest may touch, with their indexes.
-REGISTRY_TABLES = ("devices", "latest_reading")
+REGISTRY_TABLES = ("device_activity", "latest_reading")
 
 
 def ram_bytes() -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from cityneuron import device_counts
+from cityneuron import device_activity, device_counts
 from cityneuron.catalog import KINDS, Kind
 from cityneuron.errors import CityNeuronError
 from cityneuron.partitions import ensure_partitioned, partman_schema
@@ -21,7 +21,7 @@ from cityneuron.settings import DatabaseSettings
 
 log = logging.getLogger("cityneuron.schema")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Any constant: serialises concurrent `db init` runs (several ingest processes starting at once).
 _INIT_LOCK_KEY = 0x43_49_54_59
 
@@ -158,6 +158,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # entry (a HOT update) instead of inserting into both indexes of a 17 M-row table. Pages
     # written before keep their fill; their rows move to new, roomier pages on their next update.
     4: ("ALTER TABLE latest_reading SET (fillfactor = 70)",),
+    # What every message changes (last seen, quality counters) in a narrow table of its own, so
+    # the 17 M-row registry is not rewritten, with all its indexes, per message.
+    5: device_activity.MIGRATION,
 }
 
 

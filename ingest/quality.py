@@ -1,8 +1,9 @@
 """Data-quality accounting per device: messages, last seen, and the ``seq`` counters.
 
 Runs inside the batch transaction with two statements per batch whatever its size: one that
-locks the batch's device rows (in device_id order, so concurrent ingest processes never
-deadlock on them) and reads their counters, one that writes the new counters back. Semantics
+locks the batch's ``device_activity`` rows (cityneuron.device_activity) in device_id order, so
+concurrent ingest processes never deadlock on them, and reads their counters; one that writes
+the new counters back. Semantics
 (docs/architecture.md, "Data quality accounting"), per device, readings in received order:
 
 - a reading whose (device, time) is already stored is a duplicate: ``seq_duplicates`` + 1, and
@@ -57,17 +58,17 @@ class QualityTotals:
 
 
 def lock_devices(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, Device]:
-    """Lock and read the registered devices among ``device_ids`` (sorted: concurrent ingest
-    processes then lock in one order), with the time of their newest reading before this batch
+    """Lock and read the activity rows of the registered devices among ``device_ids`` (sorted:
+    concurrent ingest processes then lock in one order), with the time of their newest reading before this batch
     (to tell a late reading from a restarted counter)."""
     if not device_ids:
         return {}
     rows = conn.execute(
-        "SELECT d.device_id, d.kind, d.district, d.messages, d.last_seen_at, d.seq_max, d.seq_gaps,"
-        " d.seq_duplicates, d.seq_reordered,"
+        "SELECT a.device_id, a.kind, a.district, a.messages, a.last_seen_at, a.seq_max, a.seq_gaps,"
+        " a.seq_duplicates, a.seq_reordered,"
         " (extract(epoch FROM l.time) * 1000)::bigint"
-        " FROM devices AS d LEFT JOIN latest_reading AS l USING (device_id)"
-        " WHERE d.device_id = ANY(%s) ORDER BY d.device_id FOR UPDATE OF d",
+        " FROM device_activity AS a LEFT JOIN latest_reading AS l USING (device_id)"
+        " WHERE a.device_id = ANY(%s) ORDER BY a.device_id FOR UPDATE OF a",
         (device_ids,),
     ).fetchall()
     return {row[0]: Device(*row[1:]) for row in rows}
@@ -193,8 +194,8 @@ def write_devices(conn: psycopg.Connection, devices: dict[str, Device]) -> None:
         if not changed:
             return
         cur.execute(
-            "UPDATE devices AS d SET messages = u.messages, last_seen_at = u.last_seen_at,"
+            "UPDATE device_activity AS a SET messages = u.messages, last_seen_at = u.last_seen_at,"
             " seq_max = u.seq_max, seq_gaps = u.seq_gaps, seq_duplicates = u.seq_duplicates,"
             " seq_reordered = u.seq_reordered"
-            " FROM _stage_devices AS u WHERE d.device_id = u.device_id"
+            " FROM _stage_devices AS u WHERE a.device_id = u.device_id"
         )

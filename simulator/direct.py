@@ -31,6 +31,7 @@ from psycopg import sql
 from cityneuron.catalog import DISTRICTS, Kind
 from cityneuron.contract import ms_to_datetime, now_ms
 from cityneuron.decode import DeadLetter
+from cityneuron.device_activity import CALLER_WRITES_ACTIVITY
 from cityneuron.schema import SchemaError, init_schema
 from cityneuron.settings import DatabaseSettings, IngestSettings, Settings
 from simulator.city import ID_PREFIX, City, DeviceTable, build_city
@@ -186,18 +187,26 @@ def _load_registry(
         seen_all = (
             _last_slots(table, max(ts_ms, now_ms())) if running else np.full(len(table), -1, dtype=np.int64)
         )
+        names = {"device_id": _device_id_sql(table), "kind": sql.Literal(table.kind.name)}
         insert = sql.SQL(
             "INSERT INTO devices (device_id, kind, district, lat, lon, installed, meta, online,"
-            " status_changed_at, last_seen_at)"
+            " status_changed_at)"
             " SELECT {device_id}, {kind}, (%(slugs)s::text[])[district + 1], round(lat::numeric, 6),"
             " round(lon::numeric, 6), installed, jsonb_build_object('serial', serial::text), true,"
-            " %(ts)s::timestamptz,"
-            " CASE WHEN seen_ms >= 0 THEN to_timestamp(seen_ms / 1000.0) END FROM _direct_devices"
+            " %(ts)s::timestamptz FROM _direct_devices"
             # A device the ingest registered from its telemetry gets its facts now.
             " ON CONFLICT (device_id) DO UPDATE SET lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
             " installed = EXCLUDED.installed, meta = devices.meta || EXCLUDED.meta"
             " WHERE devices.lat IS NULL AND devices.kind = EXCLUDED.kind"
-        ).format(device_id=_device_id_sql(table), kind=sql.Literal(table.kind.name))
+        ).format(**names)
+        # The activity rows with their last_seen_at written once (the insert above leaves them to
+        # this statement); a device the ingest registered already has its row and keeps it.
+        activity = sql.SQL(
+            "INSERT INTO device_activity (device_id, kind, district, online, last_seen_at)"
+            " SELECT {device_id}, {kind}, (%(slugs)s::text[])[district + 1], true,"
+            " CASE WHEN seen_ms >= 0 THEN to_timestamp(seen_ms / 1000.0) END FROM _direct_devices"
+            " ON CONFLICT (device_id) DO NOTHING"
+        ).format(**names)
         # In device id order (district slug, then number: ids are zero-padded): the indexes on
         # devices then grow at their right edge instead of taking inserts all over, which at
         # 17 M devices is several times faster (fewer pages touched, fewer full-page WAL images).
@@ -219,8 +228,10 @@ def _load_registry(
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy("COPY _direct_devices FROM STDIN (FORMAT BINARY)") as copy:
                     copy.write(stream)
+                cur.execute("SELECT set_config(%s, 'on', true)", (CALLER_WRITES_ACTIVITY,))
                 cur.execute(insert, {"slugs": _slugs(), "ts": ms_to_datetime(ts_ms)})
                 registered += max(cur.rowcount, 0)
+                cur.execute(activity, {"slugs": _slugs()})
     return registered
 
 
@@ -328,7 +339,7 @@ def _statements(kind: Kind, table: DeviceTable) -> _Statements:
             " received_at = EXCLUDED.received_at WHERE EXCLUDED.time > latest_reading.time"
         ).format(kind=sql.Literal(kind.name), jsonb=jsonb, recent=recent),
         last_seen=sql.SQL(
-            "UPDATE devices d SET last_seen_at = r.time FROM"
+            "UPDATE device_activity d SET last_seen_at = r.time FROM"
             " (SELECT device_id, max(time) AS time FROM ({recent}) s GROUP BY device_id) r"
             " WHERE d.device_id = r.device_id AND (d.last_seen_at IS NULL OR d.last_seen_at < r.time)"
         ).format(recent=recent),

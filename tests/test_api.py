@@ -83,7 +83,7 @@ def _add_latest(
     )
     # What the ingest keeps in the registry alongside.
     conn.execute(
-        "UPDATE devices SET last_seen_at = %s, messages = messages + 1 WHERE device_id = %s",
+        "UPDATE device_activity SET last_seen_at = %s, messages = messages + 1 WHERE device_id = %s",
         (at + timedelta(seconds=2), device_id),
     )
 
@@ -380,7 +380,7 @@ def test_device_detail_and_404(client: httpx.Client, database: DatabaseSettings)
     assert body["status"] == "silent" and body["silent_after_s"] == 3 * KIND_BY_NAME["smart_pole"].interval_s
     with psycopg.connect(database.url) as conn:
         conn.execute(
-            "UPDATE devices SET last_seen_at = now(), messages = 100, seq_max = 104, seq_gaps = 3,"
+            "UPDATE device_activity SET last_seen_at = now(), messages = 100, seq_max = 104, seq_gaps = 3,"
             " seq_duplicates = 2, seq_reordered = 1 WHERE device_id = 'pole-1'"
         )
     body = client.get("/devices/pole-1").json()

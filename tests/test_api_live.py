@@ -9,6 +9,7 @@ import httpx
 import psycopg
 import pytest
 from apiserver import serve_api
+from devicerows import add_devices
 from psycopg.types.json import Jsonb
 
 from api.queries.liveness import device_status, status_sql
@@ -31,13 +32,13 @@ def test_status_sql_matches_python(database: DatabaseSettings, named: bool) -> N
         ("x-unknown-kind", "no_such_kind", True, NOW - timedelta(days=30)),
     ]
     with psycopg.connect(database.url) as conn:
-        for device_id, kind, online, seen in cases:
-            conn.execute(
-                "INSERT INTO devices (device_id, kind, district, online, last_seen_at) VALUES (%s, %s, 'futian', %s, %s)",
-                (device_id, kind, online, seen),
-            )
+        add_devices(
+            conn,
+            ("device_id", "kind", "district", "online", "last_seen_at"),
+            [(device_id, kind, "futian", online, seen) for device_id, kind, online, seen in cases],
+        )
         frag = status_sql(3.0, as_of=NOW, named=named)
-        query = psycopg.sql.SQL("SELECT d.device_id, {} FROM devices d ORDER BY 1").format(frag.sql)
+        query = psycopg.sql.SQL("SELECT a.device_id, {} FROM device_activity a ORDER BY 1").format(frag.sql)
         got = dict(conn.execute(query, frag.params).fetchall())
     want = {
         device_id: device_status(
@@ -81,7 +82,9 @@ def _report(conn: psycopg.Connection, device_id: str, kind: str, seq: int, metri
         " metrics = EXCLUDED.metrics, received_at = EXCLUDED.received_at",
         (device_id, kind, seq, Jsonb(metrics)),
     )
-    conn.execute("UPDATE devices SET last_seen_at = clock_timestamp() WHERE device_id = %s", (device_id,))
+    conn.execute(
+        "UPDATE device_activity SET last_seen_at = clock_timestamp() WHERE device_id = %s", (device_id,)
+    )
 
 
 def _seed_poles(url: str) -> None:
@@ -195,7 +198,7 @@ def test_device_status_follows_last_seen(client: httpx.Client, database: Databas
     pole = KIND_BY_NAME["smart_pole"].interval_s
     with psycopg.connect(database.url, autocommit=True) as conn:
         conn.execute(
-            "UPDATE devices SET last_seen_at = now() - make_interval(secs => %s) WHERE device_id = 'pole-f0'",
+            "UPDATE device_activity SET last_seen_at = now() - make_interval(secs => %s) WHERE device_id = 'pole-f0'",
             (pole * 3 + 30,),
         )
         conn.execute("UPDATE devices SET online = false WHERE device_id = 'pole-f1'")

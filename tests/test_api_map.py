@@ -38,9 +38,11 @@ def _seed(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for device_id, kind, district, lat, lon, online, seen in rows:
             conn.execute(
-                f"INSERT INTO devices (device_id, kind, district, lat, lon, online, last_seen_at)"
-                f" VALUES (%s, %s, %s, %s, %s, %s, {seen})",
+                "INSERT INTO devices (device_id, kind, district, lat, lon, online) VALUES (%s, %s, %s, %s, %s, %s)",
                 (device_id, kind, district, lat, lon, online),
+            )
+            conn.execute(
+                f"UPDATE device_activity SET last_seen_at = {seen} WHERE device_id = %s", (device_id,)
             )
 
 
@@ -126,7 +128,8 @@ def test_states_reset_then_only_changes(client: httpx.Client, database: Database
         == 304
     )
     with psycopg.connect(database.url, autocommit=True) as conn:
-        conn.execute("UPDATE devices SET online = true, last_seen_at = now() WHERE device_id = 'pole-b'")
+        conn.execute("UPDATE devices SET online = true WHERE device_id = 'pole-b'")
+        conn.execute("UPDATE device_activity SET last_seen_at = now() WHERE device_id = 'pole-b'")
         conn.execute("UPDATE devices SET online = false WHERE device_id = 'pole-a'")
     changed = client.get(
         "/map/states", params={"since": version}, headers={"If-None-Match": unchanged.headers["etag"]}

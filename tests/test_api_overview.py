@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 from apiserver import serve_api
+from devicerows import add_devices
 from psycopg.types.json import Jsonb
 
 from cityneuron.settings import Settings
@@ -45,11 +46,11 @@ ALERTS = [
 
 def _seed(url: str) -> None:
     with psycopg.connect(url) as conn:
-        for device_id, (kind, district, online, seen) in DEVICES.items():
-            conn.execute(
-                "INSERT INTO devices (device_id, kind, district, online, last_seen_at) VALUES (%s, %s, %s, %s, %s)",
-                (device_id, kind, district, online, seen),
-            )
+        add_devices(
+            conn,
+            ("device_id", "kind", "district", "online", "last_seen_at"),
+            [(device_id, *facts) for device_id, facts in DEVICES.items()],
+        )
         for device_id, (time, metrics) in LATEST.items():
             conn.execute(
                 "INSERT INTO latest_reading (device_id, kind, time, metrics, received_at) VALUES (%s, %s, %s, %s, %s)",

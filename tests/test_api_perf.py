@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 from apiserver import serve_api
+from devicerows import add_devices
 from psycopg.types.json import Jsonb
 
 from api.viewcache import RenderedView, ViewCache
@@ -160,10 +161,10 @@ def test_view_cache_keeps_at_most_max_entries() -> None:
 def _seed_station(url: str, pm25: float) -> None:
     now = datetime.now(tz=UTC)
     with psycopg.connect(url) as conn:
-        conn.execute(
-            "INSERT INTO devices (device_id, kind, district, lat, lon, online, last_seen_at, messages)"
-            " VALUES (%s, 'air_station', 'futian', 22.541, 114.055, true, %s, 1)",
-            (STATION, now),
+        add_devices(
+            conn,
+            ("device_id", "kind", "district", "lat", "lon", "online", "last_seen_at", "messages"),
+            [(STATION, "air_station", "futian", 22.541, 114.055, True, now, 1)],
         )
         _set_pm25(conn, pm25, seq=1)
 

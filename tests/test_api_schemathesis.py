@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import schemathesis
 from apiserver import serve_api
+from devicerows import add_devices
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
@@ -54,12 +55,17 @@ def _seed(url: str) -> None:
     """The devices the OpenAPI examples name, with some history, so examples reach the 200 paths."""
     now = datetime.now(tz=UTC).replace(microsecond=0)
     with psycopg.connect(url) as conn:
-        for device_id, kind in (("air-futian-00001", "air_station"), ("pole-futian-00001", "smart_pole")):
-            conn.execute(
-                "INSERT INTO devices (device_id, kind, district, lat, lon, online, last_seen_at, messages)"
-                " VALUES (%s, %s, 'futian', 22.541, 114.055, true, %s, 10)",
-                (device_id, kind, now),
-            )
+        add_devices(
+            conn,
+            ("device_id", "kind", "district", "lat", "lon", "online", "last_seen_at", "messages"),
+            [
+                (device_id, kind, "futian", 22.541, 114.055, True, now, 10)
+                for device_id, kind in (
+                    ("air-futian-00001", "air_station"),
+                    ("pole-futian-00001", "smart_pole"),
+                )
+            ],
+        )
         conn.execute(
             "INSERT INTO latest_reading (device_id, kind, time, seq, metrics, received_at)"
             " VALUES ('air-futian-00001', 'air_station', %s, 9, %s, %s)",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from devicerows import add_devices
 from psycopg import sql
 
 from api.queries.liveness import status_sql
 from cityneuron.device_counts import prune, status_counts_sql
-from cityneuron.schema import SCHEMA_VERSION, init_schema
+from cityneuron.schema import _MIGRATIONS, SCHEMA_VERSION, init_schema
+from cityneuron.servers import PostgresServer
 from cityneuron.settings import DatabaseSettings
 from ingest.alerts.rules import RuleSet, SilentRule
 from ingest.alerts.store import check_silence
@@ -35,21 +38,18 @@ def _kept(conn: psycopg.Connection, district: str | None = None) -> Counter[tupl
 
 def _scanned(conn: psycopg.Connection) -> Counter[tuple[str, str, str]]:
     """The definition: api.queries.liveness' status of every row, counted by scanning them all."""
-    status = status_sql(SILENT_AFTER, alias="d")
-    query = sql.SQL("SELECT d.district, d.kind, {} AS s, count(*) FROM devices d GROUP BY 1, 2, 3").format(
-        status.sql
-    )
+    status = status_sql(SILENT_AFTER, alias="a")
+    query = sql.SQL(
+        "SELECT d.district, d.kind, {} AS s, count(*) FROM devices d"
+        " JOIN device_activity a ON a.device_id = d.device_id GROUP BY 1, 2, 3"
+    ).format(status.sql)
     return Counter({(d, k, s): int(n) for d, k, s, n in conn.execute(query, status.named_params).fetchall()})
 
 
 def _register(
     conn: psycopg.Connection, rows: list[tuple[str, str, str, bool | None, datetime | None]]
 ) -> None:
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO devices (device_id, kind, district, online, last_seen_at) VALUES (%s, %s, %s, %s, %s)",
-            rows,
-        )
+    add_devices(conn, ("device_id", "kind", "district", "online", "last_seen_at"), rows)
 
 
 def _fleet() -> list[tuple[str, str, str, bool | None, datetime | None]]:
@@ -75,13 +75,14 @@ def test_counts_follow_every_kind_of_change(database: DatabaseSettings) -> None:
         assert _kept(conn)[("futian", "kiosk", "online")] == 1
         # Ingest-style bulk update of last_seen_at (one statement for many devices), a status
         # change, an upsert, a delete: one statement-level trigger run each.
-        conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id LIKE 'pole-1%'")
+        conn.execute("UPDATE device_activity SET last_seen_at = now() WHERE device_id LIKE 'pole-1%'")
         conn.execute("UPDATE devices SET online = false WHERE device_id IN ('wm-3', 'wm-4')")
         conn.execute(
-            "INSERT INTO devices (device_id, kind, district, last_seen_at) VALUES ('pole-2', 'smart_pole',"
-            " 'futian', now()), ('pole-new', 'smart_pole', 'luohu', now())"
-            " ON CONFLICT (device_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at"
+            "INSERT INTO devices (device_id, kind, district) VALUES ('pole-2', 'smart_pole',"
+            " 'futian'), ('pole-new', 'smart_pole', 'luohu')"
+            " ON CONFLICT (device_id) DO UPDATE SET online = true"
         )
+        conn.execute("UPDATE devices SET kind = 'water_meter', district = 'luohu' WHERE device_id = 'pole-6'")
         conn.execute("DELETE FROM devices WHERE device_id IN ('pole-5', 'wm-7')")
         assert _kept(conn) == _scanned(conn)
         assert _kept(conn, "luohu") == Counter({k: n for k, n in _scanned(conn).items() if k[0] == "luohu"})
@@ -92,28 +93,44 @@ def test_counts_follow_every_kind_of_change(database: DatabaseSettings) -> None:
         assert _kept(conn) == _scanned(conn)
         # Every pole heard from now: their old buckets fall to zero and are pruned.
         conn.execute(
-            "UPDATE devices SET last_seen_at = now() WHERE kind = 'smart_pole' AND last_seen_at IS NOT NULL"
+            "UPDATE device_activity SET last_seen_at = now()"
+            " WHERE kind = 'smart_pole' AND last_seen_at IS NOT NULL"
         )
         assert prune(conn) > 0
         assert _kept(conn) == _scanned(conn)
-        conn.execute("TRUNCATE devices")
+        conn.execute("TRUNCATE devices CASCADE")
         assert not _kept(conn)
 
 
-def test_migration_counts_the_devices_already_registered(database: DatabaseSettings) -> None:
-    """A database of schema version 2 has devices but no counts: `db init` counts them once."""
+@pytest.mark.parametrize("old_version", [2, 4])
+def test_migration_keeps_the_devices_already_registered(
+    postgres_plain: PostgresServer, old_version: int
+) -> None:
+    """A database of schema version 2 (devices, no counts) or 4 (counts, state in devices):
+    `db init` moves each device's state to device_activity and counts them."""
+    database = DatabaseSettings(url=postgres_plain.create_database(f"t_{uuid.uuid4().hex[:12]}"))
+    fleet = _fleet()
     with psycopg.connect(database.url, autocommit=True) as conn:
-        conn.execute("DROP TABLE device_state_counts, kind_liveness CASCADE")
-        conn.execute("DROP INDEX devices_kind_last_seen, devices_kind_id")
-        for op in ("insert", "update", "delete", "truncate"):
-            conn.execute(f"DROP TRIGGER device_counts_{op} ON devices")
-        conn.execute("DELETE FROM schema_version WHERE version >= 3")
-        _register(conn, _fleet())
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at timestamptz)")
+        for version in range(1, old_version + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (%s, now())", (version,))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO devices (device_id, kind, district, online, last_seen_at, messages)"
+                " VALUES (%s, %s, %s, %s, %s, 7)",
+                fleet,
+            )
     init_schema(database)
     with psycopg.connect(database.url, autocommit=True) as conn:
         assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
-        assert sum(_kept(conn).values()) == len(_fleet())
+        assert sum(_kept(conn).values()) == len(fleet)
         assert _kept(conn) == _scanned(conn)
+        moved = conn.execute(
+            "SELECT device_id, kind, district, online, last_seen_at FROM device_activity WHERE messages = 7"
+        ).fetchall()
+        assert sorted(moved) == sorted(fleet)
 
 
 def _silent_poles() -> set[str]:
@@ -140,9 +157,10 @@ def test_silence_check_opens_and_closes_without_a_full_scan(database: DatabaseSe
         # One pole speaks again, another falls silent just now (within the window above the
         # previous threshold): one closing, one opening.
         back, quiet = sorted(silent_poles)[0], "pole-0"
-        conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id = %s", (back,))
+        conn.execute("UPDATE device_activity SET last_seen_at = now() WHERE device_id = %s", (back,))
         conn.execute(
-            "UPDATE devices SET last_seen_at = now() - interval '4 minutes' WHERE device_id = %s", (quiet,)
+            "UPDATE device_activity SET last_seen_at = now() - interval '4 minutes' WHERE device_id = %s",
+            (quiet,),
         )
         third = check_silence(conn, rules, SILENT_AFTER, again.checked_to)
         assert {(t.state, t.device_id) for t in third.transitions} == {("closed", back), ("open", quiet)}

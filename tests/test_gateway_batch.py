@@ -37,7 +37,7 @@ POLES = batch_topic("futian", "smart_pole")
 ingest = test_load.ingest
 secure = security.secure
 clients = security.clients
-_COUNTERS = "SELECT device_id, messages, seq_max, seq_duplicates FROM devices ORDER BY device_id"
+_COUNTERS = "SELECT device_id, messages, seq_max, seq_duplicates FROM device_activity ORDER BY device_id"
 
 # --- the contract (no servers) ----------------------------------------------------------------
 
@@ -243,7 +243,7 @@ def test_batch_items_of_another_district_or_kind_or_unknown_are_dead_lettered_al
     }
     assert letters[2][3] == single[1]
     # A refused item is no message of that device: its counters did not move.
-    assert _rows(settings, "SELECT device_id, messages FROM devices ORDER BY device_id") == [
+    assert _rows(settings, "SELECT device_id, messages FROM device_activity ORDER BY device_id") == [
         ("meter-1", 0),
         ("pole-luohu", 0),
         ("pole-ok", 1),
@@ -354,7 +354,9 @@ def test_load_run_in_batch_style_reconciles_to_zero_loss(
     assert 300 < rec["expected"] == report["publish"]["readings_expected"] <= 1500
     assert rec["stored"] == rec["expected"] and rec["missing"] == 0 and rec["dead_lettered"] == 0
     with psycopg.connect(settings.database.url, autocommit=True) as conn:
-        gaps, duplicates = conn.execute("SELECT sum(seq_gaps), sum(seq_duplicates) FROM devices").fetchone()  # type: ignore[misc]
+        gaps, duplicates = conn.execute(
+            "SELECT sum(seq_gaps), sum(seq_duplicates) FROM device_activity"
+        ).fetchone()  # type: ignore[misc]
     assert (gaps, duplicates) == (0, 0)
 
 

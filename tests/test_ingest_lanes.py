@@ -119,6 +119,6 @@ def test_several_lanes_store_every_device_and_count_each_in_order(
         _await_count(settings, "SELECT count(*) FROM reading_smart_pole", len(messages))
     counters = _rows(
         settings,
-        "SELECT count(*), min(messages), max(messages), max(seq_gaps), max(seq_reordered) FROM devices",
+        "SELECT count(*), min(messages), max(messages), max(seq_gaps), max(seq_reordered) FROM device_activity",
     )
     assert counters == [(len(POLES), 5, 5, 0, 0)]

@@ -22,9 +22,7 @@ from cityneuron.servers import MosquittoBroker
 from cityneuron.settings import Settings
 
 DAY_MS = 86_400_000
-_COUNTERS = (
-    "SELECT messages, seq_max, seq_gaps, seq_duplicates, seq_reordered FROM devices WHERE device_id = %s"
-)
+_COUNTERS = "SELECT messages, seq_max, seq_gaps, seq_duplicates, seq_reordered FROM device_activity WHERE device_id = %s"
 
 
 def test_seq_gaps_duplicates_reorders_and_restarts_per_device(
@@ -67,7 +65,8 @@ def test_seq_gaps_duplicates_reorders_and_restarts_per_device(
     )
     assert (latest_ms, metrics) == (t0 + 12_000, {"lamp_level": 9.9})
     ((last_seen_age,),) = _rows(
-        settings, "SELECT extract(epoch FROM now() - last_seen_at) FROM devices WHERE device_id = 'pole-1'"
+        settings,
+        "SELECT extract(epoch FROM now() - last_seen_at) FROM device_activity WHERE device_id = 'pole-1'",
     )
     assert 0 <= last_seen_age < 60
 
@@ -158,4 +157,4 @@ def test_offline_status_and_last_will_do_not_count_as_seen(
         _publish(broker, (topic, encode_status(False, now_ms())))
         eventually(lambda: _rows(settings, "SELECT online FROM devices"), lambda r: r == [(False,)])
     with psycopg.connect(settings.database.url) as conn:
-        assert conn.execute("SELECT last_seen_at, messages FROM devices").fetchall() == [(None, 0)]
+        assert conn.execute("SELECT last_seen_at, messages FROM device_activity").fetchall() == [(None, 0)]

@@ -58,7 +58,7 @@ def _wait_until(predicate: Any, timeout_s: float, what: str) -> None:
 def _city_quality(url: str) -> dict[str, tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            f"SELECT {_QUALITY}, l.time, l.seq FROM devices d LEFT JOIN latest_reading l USING (device_id)"
+            f"SELECT {_QUALITY}, l.time, l.seq FROM device_activity a LEFT JOIN latest_reading l USING (device_id)"
             " WHERE NOT device_id LIKE 'load-%' ORDER BY device_id"
         ).fetchall()
     return {row[0]: row[1:] for row in rows}
@@ -132,7 +132,9 @@ def test_load_keep_devices_shows_them_under_their_own_ids(
     report = json.loads(capsys.readouterr().out)
     assert status == 0, report
     with psycopg.connect(settings.database.url) as conn:
-        rows = conn.execute("SELECT device_id, meta, messages FROM devices ORDER BY device_id").fetchall()
+        rows = conn.execute(
+            "SELECT device_id, meta, messages FROM devices JOIN device_activity USING (device_id) ORDER BY device_id"
+        ).fetchall()
     assert len(rows) == 20
     assert all(d.startswith("load-") and meta == {"load_test": True} and n > 0 for d, meta, n in rows)
 

@@ -56,8 +56,8 @@ def test_server_takes_its_shared_buffers_and_prewarms_the_registry() -> None:
                 )
                 expected = conn.execute(
                     "SELECT sum(pg_relation_size(oid)) / current_setting('block_size')::int FROM pg_class"
-                    " WHERE oid IN ('devices'::regclass, 'latest_reading'::regclass) OR oid IN"
-                    " (SELECT indexrelid FROM pg_index WHERE indrelid IN ('devices'::regclass, 'latest_reading'::regclass))"
+                    " WHERE oid IN ('device_activity'::regclass, 'latest_reading'::regclass) OR oid IN"
+                    " (SELECT indexrelid FROM pg_index WHERE indrelid IN ('device_activity'::regclass, 'latest_reading'::regclass))"
                 ).fetchone()
             assert expected is not None and expected[0] > 0
             # Every block of the two tables and of their indexes is read in.

@@ -113,6 +113,10 @@ async def positions(conn: AsyncConn, where: MapFilter, limit: int) -> PositionCo
     return PositionColumns(int(row[0]), int(unplaced[0]), row[1], row[2], row[3], row[4], row[5])
 
 
+# The registry with each device's state (cityneuron.device_activity; every device has its row).
+_WITH_ACTIVITY = sql.SQL("devices d JOIN device_activity a ON a.device_id = d.device_id")
+
+
 async def not_online(conn: AsyncConn, silent_after_intervals: float) -> dict[str, str]:
     """Every device whose state is not ``online``, with that state."""
     found, _ = await not_online_in(conn, MapFilter(), silent_after_intervals)
@@ -126,10 +130,10 @@ async def not_online_in(
     status = status_sql(silent_after_intervals)
     params: dict[str, Any] = dict(status.named_params)
     query = sql.SQL(
-        "SELECT device_id, status FROM (SELECT d.device_id, {status} AS status FROM devices d{where}) s"
+        "SELECT device_id, status FROM (SELECT d.device_id, {status} AS status FROM {source}{where}) s"
         " WHERE status <> 'online'"
         " UNION ALL SELECT NULL, count(*)::text FROM devices d{where}"
-    ).format(status=status.sql, where=_where(where.conditions(params)))
+    ).format(status=status.sql, source=_WITH_ACTIVITY, where=_where(where.conditions(params)))
     cur = await conn.execute(query, params)
     found: dict[str, str] = {}
     matched = 0
@@ -159,8 +163,8 @@ async def density(
     query = sql.SQL(
         "SELECT floor(d.lon / %(cell)s)::int AS x, floor(d.lat / %(cell)s)::int AS y, count(*),"
         " count(*) FILTER (WHERE {status} IN ('offline', 'silent'))"
-        " FROM devices d{where} GROUP BY 1, 2 ORDER BY 1, 2"
-    ).format(status=status.sql, where=_where(conditions))
+        " FROM {source}{where} GROUP BY 1, 2 ORDER BY 1, 2"
+    ).format(status=status.sql, source=_WITH_ACTIVITY, where=_where(conditions))
     cur = await conn.execute(query, params)
     rows = await cur.fetchall()
     return DensityBins(

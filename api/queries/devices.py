@@ -15,8 +15,10 @@ from cityneuron.catalog import KIND_BY_NAME
 
 _DEVICE_COLUMNS = sql.SQL(
     "d.device_id, d.kind, d.district, d.lat, d.lon, d.installed, d.online, d.status_changed_at,"
-    " d.last_seen_at AS last_seen"
+    " a.last_seen_at AS last_seen"
 )
+# Every device has its activity row (cityneuron.device_activity): what its messages change.
+_FROM = sql.SQL("devices d JOIN device_activity a ON a.device_id = d.device_id")
 _QUALITY_COLUMNS = ("messages", "seq_max", "seq_gaps", "seq_duplicates", "seq_reordered")
 
 
@@ -74,8 +76,8 @@ async def list_devices(
         params["after"] = after
     filters = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL(
-        "SELECT {columns}, {status} AS status FROM devices d{where} ORDER BY d.device_id LIMIT %(limit)s"
-    ).format(columns=_DEVICE_COLUMNS, status=status.sql, where=filters)
+        "SELECT {columns}, {status} AS status FROM {source}{where} ORDER BY d.device_id LIMIT %(limit)s"
+    ).format(columns=_DEVICE_COLUMNS, status=status.sql, source=_FROM, where=filters)
     # One extra row tells whether there is a next page without a count.
     params["limit"] = limit + 1
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -91,11 +93,12 @@ async def get_device(
     status = status_sql(silent_after_intervals)
     query = sql.SQL(
         "SELECT {columns}, {status} AS status, d.registered_at, d.auto_registered, d.meta, {quality}"
-        " FROM devices d WHERE d.device_id = %(device_id)s"
+        " FROM {source} WHERE d.device_id = %(device_id)s"
     ).format(
         columns=_DEVICE_COLUMNS,
         status=status.sql,
-        quality=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in _QUALITY_COLUMNS),
+        source=_FROM,
+        quality=sql.SQL(", ").join(sql.SQL("a.{}").format(sql.Identifier(c)) for c in _QUALITY_COLUMNS),
     )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, {**status.named_params, "device_id": device_id})

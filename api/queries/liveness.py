@@ -1,13 +1,14 @@
 """The one definition of a device's state: online, offline, silent or unknown.
 
-- ``offline``: the device said so (``devices.online`` is false: its status message or last will);
-- ``unknown``: nothing was ever received from it (``devices.last_seen_at`` is null);
+- ``offline``: the device said so (``online`` is false: its status message or last will);
+- ``unknown``: nothing was ever received from it (``last_seen_at`` is null);
 - ``silent``: it claims to be up but nothing arrived for ``silent_after_intervals`` times its
   kind's catalog reporting interval (a dead radio or a stuck gateway sends no last will);
 - ``online``: otherwise.
 
-:func:`status_sql` is that rule as a SQL expression over ``devices <alias>`` (thresholds from the
-catalog as bound parameters) for any query; :func:`device_status` is the same rule in Python.
+:func:`status_sql` is that rule as a SQL expression over ``device_activity <alias>`` (each device's
+``kind``, ``online`` and ``last_seen_at``: cityneuron.device_activity; thresholds from the catalog
+as bound parameters) for any query; :func:`device_status` is the same rule in Python.
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ def device_status(
 def status_sql(
     silent_after_intervals: float,
     *,
-    alias: str = "d",
+    alias: str = "a",
     as_of: datetime | None = None,
     named: bool = True,
 ) -> SqlFragment:
-    """``CASE ... END`` giving the status of each row of ``devices <alias>``.
+    """``CASE ... END`` giving the status of each row of ``device_activity <alias>``.
 
     ``as_of`` fixes "now" (tests, consistent snapshots); by default the transaction's ``now()``.
     A kind missing from the catalog has no interval, so such a device is never silent.

@@ -113,7 +113,7 @@ class SilenceReport:
 # been heard from, has not said it went offline (status or last will), and nothing arrived for
 # after_s seconds (its kind's interval times silent_after_intervals). At 17 M devices no check
 # scans them all: counts come from device_state_counts (cityneuron.device_counts), new silences
-# from the index on (kind, last_seen_at) above the previous check's threshold, and closings from
+# from device_activity's index on (kind, last_seen_at) above the previous check's threshold, and closings from
 # the open silence alerts.
 _OPEN_SILENT = (
     "INSERT INTO alerts (device_id, kind, district, rule, severity, opened_at, value, peak_value, detail)"
@@ -121,7 +121,7 @@ _OPEN_SILENT = (
     " d.last_seen_at + k.after_s * interval '1 second', k.after_s, k.after_s,"
     " 'nothing received for ' || k.after_s || ' s'"
     " FROM unnest(%(open_kinds)s::text[], %(open_after)s::float8[], %(since)s::timestamptz[])"
-    " AS k(kind, after_s, since) JOIN LATERAL (SELECT * FROM devices AS d WHERE d.kind = k.kind"
+    " AS k(kind, after_s, since) JOIN LATERAL (SELECT * FROM device_activity AS d WHERE d.kind = k.kind"
     " AND d.last_seen_at < %(now)s - k.after_s * interval '1 second'"
     " AND (k.since IS NULL OR d.last_seen_at >= k.since) AND d.online IS NOT FALSE) AS d ON true"
     " ON CONFLICT (device_id, rule) WHERE closed_at IS NULL DO NOTHING"
@@ -131,8 +131,8 @@ _OPEN_SILENT = (
 # silence lasted, in seconds.
 _CLOSE_SILENT = (
     "WITH ended AS (SELECT a.id, CASE WHEN d.online IS FALSE"
-    " THEN coalesce(d.status_changed_at, now()) ELSE coalesce(d.last_seen_at, now()) END AS at"
-    " FROM alerts AS a JOIN devices AS d USING (device_id)"
+    " THEN coalesce(r.status_changed_at, now()) ELSE coalesce(d.last_seen_at, now()) END AS at"
+    " FROM alerts AS a JOIN device_activity AS d USING (device_id) JOIN devices AS r USING (device_id)"
     " JOIN unnest(%(kinds)s::text[], %(after)s::float8[]) AS k(kind, after_s) ON k.kind = d.kind"
     " WHERE a.rule = %(rule)s AND a.closed_at IS NULL"
     " AND (d.last_seen_at < %(now)s - k.after_s * interval '1 second' AND d.online IS NOT FALSE)"

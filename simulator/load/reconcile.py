@@ -32,7 +32,7 @@ class Reconciliation:
     missing: int
     missing_by_device: dict[str, int]
     dead_letters_by_reason: dict[str, int]
-    duplicates_counted: int  # by the ingest (devices.seq_duplicates delta)
+    duplicates_counted: int  # by the ingest (device_activity.seq_duplicates delta)
     arrival_latency_ms: dict[str, float | None] = field(default_factory=dict)
     settle_s: float = 0.0
 
@@ -46,7 +46,7 @@ def duplicates_snapshot(url: str, devices: LoadDevices) -> int:
     try:
         with psycopg.connect(url) as conn:
             row = conn.execute(
-                "SELECT coalesce(sum(seq_duplicates), 0) FROM devices WHERE device_id = ANY(%s)",
+                "SELECT coalesce(sum(seq_duplicates), 0) FROM device_activity WHERE device_id = ANY(%s)",
                 (devices.ids,),
             ).fetchone()
     except psycopg.Error as exc:
@@ -85,7 +85,7 @@ def reconcile(
             letters = _dead_letters(conn, devices, started_ms)
             duplicates_after = int(
                 conn.execute(
-                    "SELECT coalesce(sum(seq_duplicates), 0) FROM devices WHERE device_id = ANY(%s)",
+                    "SELECT coalesce(sum(seq_duplicates), 0) FROM device_activity WHERE device_id = ANY(%s)",
                     (devices.ids,),
                 ).fetchone()[0]  # type: ignore[index]
             )
