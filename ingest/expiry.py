@@ -32,7 +32,6 @@ class TableExpiry:
         self._metrics = metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest-table-expiry", daemon=True)
-        self.runs = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -53,15 +52,12 @@ class TableExpiry:
                 return
             except psycopg.Error as exc:
                 # An outage: the writer lanes report and ride it out; try again next interval.
-                log.warning(
-                    "table retention: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc
-                )
+                log.warning("table retention: %s", (str(exc).strip() or type(exc).__name__).splitlines()[0])
 
     def run_once(self) -> None:
         with psycopg.connect(
             self._db.url, autocommit=True, connect_timeout=int(self._db.connect_timeout_s)
         ) as conn:
             pruned = prune(conn, self._db, stop=self._stop)
-        self.runs += 1
         self._metrics.rows_expired.labels("dead_letter").inc(pruned.dead_letters)
         self._metrics.rows_expired.labels("alerts").inc(pruned.closed_alerts)
