@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -20,6 +20,11 @@ from cityneuron import __version__
 from cityneuron.errors import CityNeuronError
 from cityneuron.localstack import fill_from_stack
 from cityneuron.settings import Settings
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from cityneuron.table_retention import Pruned
 
 log = logging.getLogger("cityneuron.cli")
 
@@ -79,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     db_init = db_commands.add_parser("init", help="create or migrate the schema (idempotent)")
     db_init.add_argument("--database-url", dest="database__url")
     db_maintain = db_commands.add_parser(
-        "maintain", help="make partitions ahead and apply the retention now (pg_partman; for cron)"
+        "maintain",
+        help="make partitions ahead and apply the retentions now (pg_partman, dead letters, closed alerts; for cron)",
     )
     db_maintain.add_argument("--database-url", dest="database__url")
 
@@ -205,6 +211,24 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _pruned_text(pruned: Pruned) -> str:
+    """``db maintain``'s report of the dead letters and closed alerts it removed."""
+    if not pruned.ran:
+        return "dead letters and closed alerts: another session is removing them, skipped"
+
+    def one(what: str, count: int, event: str, cutoff: datetime | None) -> str:
+        if cutoff is None:
+            return f"{what}: kept (no retention)"
+        return f"{what}: {count} removed ({event} before {cutoff.isoformat(timespec='seconds')})"
+
+    return "; ".join(
+        (
+            one("dead letters", pruned.dead_letters, "received", pruned.dead_letter_cutoff),
+            one("closed alerts", pruned.closed_alerts, "closed", pruned.closed_alert_cutoff),
+        )
+    )
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     handler = getattr(args, "handler", None)
     if handler is not None:
@@ -216,7 +240,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "db" and args.db_command == "maintain":
         from cityneuron.partitions import maintain
 
-        maintain(settings.database)
+        pruned = maintain(settings.database)
+        print(_pruned_text(pruned))
         return 0
     if args.command == "db":
         from cityneuron.schema import init_schema

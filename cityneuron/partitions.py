@@ -6,7 +6,8 @@ Debian for PostgreSQL 15 as ``postgresql-15-partman``) each ``reading_<kind>`` i
 partitioned by range of ``time``: partman creates partitions ahead of time (``premake``) and its
 maintenance run drops whole partitions older than the retention (``DROP TABLE``, no vacuum debt).
 Maintenance runs in pg_partman's own background worker (``pg_partman_bgw``, configured by the
-local stack's PostgreSQL, cityneuron.servers) or from ``cityneuron db maintain`` (cron).
+local stack's PostgreSQL, cityneuron.servers) or from ``cityneuron db maintain`` (cron), which
+also applies the retention of the dead letters and closed alerts (cityneuron.table_retention).
 
 The extension needs a superuser to create (``CREATE SCHEMA partman; CREATE EXTENSION pg_partman
 SCHEMA partman``); the stack's launcher does it, like TimescaleDB. Without it the tables stay
@@ -28,6 +29,7 @@ from psycopg import sql
 
 from cityneuron.catalog import Kind
 from cityneuron.settings import DatabaseSettings
+from cityneuron.table_retention import Pruned, prune
 
 log = logging.getLogger("cityneuron.schema")
 
@@ -167,11 +169,15 @@ def run_maintenance(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("SELECT {}.run_maintenance(p_analyze => false)").format(sql.Identifier(schema)))
 
 
-def maintain(db: DatabaseSettings) -> None:
-    """``cityneuron db maintain``: one maintenance run, for databases without the background worker."""
+def maintain(db: DatabaseSettings) -> Pruned:
+    """``cityneuron db maintain``: one maintenance run, for databases without the background worker:
+    partitions made ahead and dropped past the retention (pg_partman, when installed), then the
+    dead letters and closed alerts past theirs (cityneuron.table_retention, with or without
+    pg_partman or TimescaleDB). Returns what the latter removed."""
     with psycopg.connect(db.url, autocommit=True, connect_timeout=int(db.connect_timeout_s)) as conn:
         if partman_schema(conn) is None:
-            log.info("pg_partman is not installed in this database: nothing to maintain")
-            return
-        run_maintenance(conn)
-    log.info("partitions maintained")
+            log.info("pg_partman is not installed in this database: no partitions to maintain")
+        else:
+            run_maintenance(conn)
+            log.info("partitions maintained")
+        return prune(conn, db)

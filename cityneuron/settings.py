@@ -37,6 +37,21 @@ class DatabaseSettings(BaseModel):
     chunk_interval: str = "1 day"
     compress_after: str = "7 days"
     retention: str | None = Field(None, description="drop raw readings older than this, e.g. '365 days'")
+    # The two ordinary tables that grow with what happens (cityneuron.table_retention), applied
+    # with the readings' retention by `cityneuron db maintain` and periodically by ingest.
+    dead_letter_retention: str | None = Field(
+        "30 days",
+        description="delete dead letters received longer ago than this (a PostgreSQL interval); when"
+        " `retention` is set and shorter, it applies instead: a too_old dead letter of readings the"
+        " retention already dropped is worth nothing after that time. None: kept as long as `retention`"
+        " (for good without one)",
+    )
+    closed_alert_retention: str | None = Field(
+        "365 days",
+        description="delete alerts closed longer ago than this (a PostgreSQL interval), but never sooner"
+        " than `retention`: an alert is kept as long as the readings it explains. Open alerts are never"
+        " deleted. None: closed alerts are kept for good",
+    )
 
 
 class IngestSettings(BaseModel):
@@ -65,6 +80,9 @@ class IngestSettings(BaseModel):
     # A device is "silent" when nothing arrived for this many times its reporting interval.
     silent_after_intervals: float = Field(3.0, gt=0)
     silent_check_interval_s: float = Field(30.0, gt=0)
+    # How often ingest deletes the dead letters and closed alerts past their retention
+    # (database.dead_letter_retention, closed_alert_retention); 0: never (cron `db maintain`).
+    table_retention_interval_s: float = Field(60.0, ge=0)
     # Prometheus /metrics and the /ready probe used by compose and `cityneuron up`.
     http_host: str = "127.0.0.1"
     http_port: int = Field(9108, ge=0, le=65535)

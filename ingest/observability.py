@@ -80,6 +80,12 @@ class IngestMetrics:
         self.dead_letters = Counter(
             "cityneuron_ingest_dead_letters", "dead letters written, by reason", ["reason"], registry=r
         )
+        self.rows_expired = Counter(
+            "cityneuron_ingest_rows_expired",
+            "dead letters and closed alerts deleted past their retention, by table",
+            ["table"],
+            registry=r,
+        )
         self.statuses = Counter(
             "cityneuron_ingest_status_updates",
             "status messages applied, or stale (older than the stored status)",

@@ -19,6 +19,7 @@ from cityneuron.decode import Message
 from cityneuron.settings import Settings
 from ingest.alerts.engine import AlertEngine
 from ingest.alerts.rules import load_rules
+from ingest.expiry import TableExpiry
 from ingest.lane import Lane
 from ingest.mqtt import MqttSource
 from ingest.observability import IngestMetrics, ObservabilityServer
@@ -58,6 +59,11 @@ class IngestService:
         self.alerts: list[AlertEngine] = []
         self._writer = BatchWriter(ingest, self._inbox, self._source.ack, self._lane)
         self._writer_thread = threading.Thread(target=self._writer.run, name="ingest-writer", daemon=True)
+        self._expiry = (
+            TableExpiry(settings.database, ingest.table_retention_interval_s, self.metrics)
+            if ingest.table_retention_interval_s > 0
+            else None
+        )
         self._http: ObservabilityServer | None = None
         self.http_port: int | None = None
         self._started = False
@@ -109,6 +115,8 @@ class IngestService:
         self._started = True
         self._writer_thread.start()
         self._source.start()
+        if self._expiry is not None:
+            self._expiry.start()
         log.info(
             "ingest started client_id=%s share_group=%s writers=%d batch_max=%d flush_ms=%d receive_maximum=%d"
             " alert_rules=%s rules_file=%s publish_alerts=%s",
@@ -135,6 +143,8 @@ class IngestService:
         if not self._started or self._stopped:
             return
         self._stopped = True
+        if self._expiry is not None:
+            self._expiry.stop(_DRAIN_TIMEOUT_S)
         self._source.stop_receiving()
         self._writer.drain()
         self._writer_thread.join(_DRAIN_TIMEOUT_S)
