@@ -101,8 +101,7 @@ async def key_metric_stats(
     # time by a tenth for half as much CPU again, and made the district one slower: on a machine
     # the city keeps busy, CPU is what a render must not take from ingest.
     async with conn.transaction():
-        await conn.execute("SET LOCAL jit = off")
-        await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        await conn.execute("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0")
         cur = await conn.execute(query, params)
         rows = await cur.fetchall()
     stats: KeyMetricStats = {}
