@@ -3,6 +3,7 @@ metrics from the latest values, alert counts, and AQI/rain equal to the city vie
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,8 @@ from apiserver import serve_api
 from devicerows import add_devices
 from psycopg.types.json import Jsonb
 
-from cityneuron.settings import Settings
+from api.queries import overview as overview_queries
+from cityneuron.settings import DatabaseSettings, Settings
 
 NOW = datetime.now(tz=UTC)
 MIN = timedelta(minutes=1)
@@ -161,3 +163,53 @@ def test_district_summary_and_city_overview(settings: Settings) -> None:
     assert districts["dapeng"]["devices"]["total"] == 0 and districts["dapeng"]["aqi"]["aqi"] is None
 
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "unknown_district"
+
+
+# A fixed "now" hours in the past: rows recent relative to it are long silent relative to now().
+AT = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+Stats = overview_queries.MetricStats
+NONE = Stats(None, None, None, 0)
+
+
+def test_key_metric_stats_per_kind_window_at_a_given_time(database: DatabaseSettings) -> None:
+    """Each kind's own window (3 x its interval before ``at``), districts appear only with a device
+    in time, the city always; kinds and districts come from the registry."""
+    devices = {
+        # smart_pole: 60 s interval, window 180 s; air_station: 1 h, window 3 h.
+        "pole-futian-1": ("smart_pole", "futian", AT - 2 * MIN, {"pm25": 10.0, "noise_dba": 40.0}),
+        "pole-futian-2": ("smart_pole", "futian", AT - 4 * MIN, {"pm25": 99.0}),  # out of its window
+        "pole-luohu-1": ("smart_pole", "luohu", AT - 1 * MIN, {"pm25": 30.0}),  # no noise value
+        "aq-luohu-1": ("air_station", "luohu", AT - 150 * MIN, {"pm25": 50.0}),  # in an air window
+        "pole-nanshan-1": ("smart_pole", "nanshan", AT - 10 * MIN, {"pm25": 70.0}),  # nanshan: none in time
+        "mh-futian-1": ("manhole_cover", "futian", AT, {"water_level_cm": 5.0}),  # not a key kind
+    }
+    with psycopg.connect(database.url) as conn:
+        for device_id, (kind, district, time, metrics) in devices.items():
+            conn.execute(
+                "INSERT INTO devices (device_id, kind, district) VALUES (%s, %s, %s)",
+                (device_id, kind, district),
+            )
+            conn.execute(
+                "INSERT INTO latest_reading (device_id, kind, time, metrics, received_at) VALUES (%s, %s, %s, %s, %s)",
+                (device_id, kind, time, Jsonb(metrics), time),
+            )
+
+    async def query(**kwargs: Any) -> overview_queries.KeyMetricStats:
+        async with await psycopg.AsyncConnection.connect(database.url, autocommit=True) as conn:
+            return await overview_queries.key_metric_stats(conn, silent_after_intervals=3.0, **kwargs)
+
+    city = asyncio.run(query(at=AT))
+    assert set(city) == {None, "futian", "luohu"}
+    assert city[None][("smart_pole", "pm25")] == Stats(20.0, 10.0, 30.0, 2)
+    assert city["futian"][("smart_pole", "pm25")] == Stats(10.0, 10.0, 10.0, 1)
+    assert city["luohu"][("smart_pole", "noise_dba")] == NONE
+    assert city["luohu"][("air_station", "pm25")] == Stats(50.0, 50.0, 50.0, 1)
+    assert city["futian"][("air_station", "pm25")] == Stats(None, None, None, 0)
+
+    luohu = asyncio.run(query(at=AT, district="luohu"))
+    assert set(luohu) == {None, "luohu"} and luohu["luohu"] == luohu[None] == city["luohu"]
+    assert asyncio.run(query(at=AT, district="nanshan")) == {
+        None: dict.fromkeys(overview_queries.KEY_METRICS, NONE)
+    }
+    # Against the database's clock every reading is long silent.
+    assert asyncio.run(query()) == {None: dict.fromkeys(overview_queries.KEY_METRICS, NONE)}
