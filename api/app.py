@@ -57,7 +57,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             settings=settings,
             pool=pool,
             views=ViewCache(
-                settings.api.shared_view_max_age_ms / 1000, keep_warm_s=settings.api.shared_view_keep_warm_s
+                settings.api.shared_view_max_age_ms / 1000,
+                keep_warm_s=settings.api.shared_view_keep_warm_s,
+                render_share=settings.api.shared_view_render_share,
             ),
             device_views=ViewCache(
                 settings.api.latest_max_age_ms / 1000, max_entries=settings.api.latest_cache_devices

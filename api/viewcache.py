@@ -9,6 +9,12 @@ from half that age) and shared: no answer is served more than ``max_age_s`` afte
 started. Concurrent misses for one key wait for one render (no stampede); a failed render is not
 kept. Per worker process: N workers render each view N times as often.
 
+A view that takes long to render (the overview of a 17 M-device city: ~0.4 s on two cores) would
+keep a core busy re-rendering itself every half second. With ``render_share`` a view's renders
+take at most that share of the time: one whose last render took longer than
+``render_share * max_age_s`` is shared for ``render time / render_share`` instead (with 0.1, a
+0.4 s render is served for 4 s). On a busy machine renders slow down and are spaced out in turn.
+
 The latest reading of one device is shared the same way (``api.latest_max_age_ms``), keyed by
 device and bounded by ``max_entries`` (``api.latest_cache_devices``).
 """
@@ -61,10 +67,16 @@ class ViewCache:
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = _MAX_ENTRIES,
         keep_warm_s: float = 0.0,
+        render_share: float = 0.0,
     ) -> None:
         if max_age_s < 0:
             raise ValueError("max_age_s must not be negative")
+        if not 0 <= render_share <= 1:
+            raise ValueError("render_share must be between 0 and 1")
         self.max_age_s = max_age_s
+        self._render_share = render_share
+        # Per key: how long its last successful render took (seconds of the clock).
+        self._render_s: dict[Hashable, float] = {}
         self._clock = clock
         self._max_entries = max_entries
         self._keep_warm_s = keep_warm_s
@@ -81,17 +93,18 @@ class ViewCache:
             return await render()
         now = self._clock()
         self._asked_at[key] = now
+        age_s = self.age_s(key)
         entry = self._entries.get(key)
-        if entry is not None and not entry.usable(now, self.max_age_s):
+        if entry is not None and not entry.usable(now, age_s):
             successor = entry.refresh
-            entry = successor if successor is not None and successor.usable(now, self.max_age_s) else None
+            entry = successor if successor is not None and successor.usable(now, age_s) else None
             if entry is not None:
                 self._entries[key] = entry
         if entry is None:
             if len(self._entries) >= self._max_entries:
                 self._prune(now)
             entry = self._entries[key] = self._start(key, now, render)
-        elif entry.refresh is None and entry.task.done() and now - entry.started_at >= self.max_age_s / 2:
+        elif entry.refresh is None and entry.task.done() and now - entry.started_at >= age_s / 2:
             entry.refresh = self._start(key, now, render, replaces=entry)
         # shield: one waiter cancelled (client gone) must not cancel the others' shared result.
         return await asyncio.shield(entry.task)
@@ -106,8 +119,15 @@ class ViewCache:
         entry = _Entry(now, asyncio.ensure_future(render()), render)
         entry.task.add_done_callback(functools.partial(self._settle, key, entry, replaces))
         if self._keep_warm_s > 0:
-            asyncio.get_running_loop().call_later(self.max_age_s / 2, self._render_ahead, key, entry)
+            asyncio.get_running_loop().call_later(self.age_s(key) / 2, self._render_ahead, key, entry)
         return entry
+
+    def age_s(self, key: Hashable) -> float:
+        """How long an answer of ``key`` is served: ``max_age_s``, or longer for a view whose
+        last render took over ``render_share`` of that."""
+        if self._render_share == 0:
+            return self.max_age_s
+        return max(self.max_age_s, self._render_s.get(key, 0.0) / self._render_share)
 
     def _render_ahead(self, key: Hashable, entry: _Entry) -> None:
         """Half-way through ``entry``'s age: start its successor if the view is still asked for."""
@@ -125,6 +145,8 @@ class ViewCache:
         # Reading the exception also keeps asyncio from warning when no one waited for it.
         failed = task.cancelled() or task.exception() is not None
         current = self._entries.get(key)
+        if not failed:
+            self._render_s[key] = self._clock() - entry.started_at
         if failed:
             # A failure (database down) is not cached: the next request tries again.
             if current is entry:
@@ -133,13 +155,15 @@ class ViewCache:
             self._entries[key] = entry
 
     def _prune(self, now: float) -> None:
-        stale = [k for k, e in self._entries.items() if not e.usable(now, self.max_age_s)]
+        stale = [k for k, e in self._entries.items() if not e.usable(now, self.age_s(k))]
         for key in stale:
             del self._entries[key]
             self._asked_at.pop(key, None)
+            self._render_s.pop(key, None)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
             self._asked_at.clear()
+            self._render_s.clear()
 
 
 class FingerprintCache:

@@ -150,7 +150,7 @@ def _hot_updates(conn: Any) -> list[tuple[str, float]]:
     conn.execute("SELECT pg_stat_clear_snapshot()")
     rows = conn.execute(
         "SELECT relname, n_tup_hot_upd::float8 / greatest(n_tup_upd, 1) FROM pg_stat_user_tables"
-        " WHERE relname IN ('devices', 'latest_reading') ORDER BY relname"
+        " WHERE relname IN ('device_activity', 'latest_reading') ORDER BY relname"
     ).fetchall()
     return [(name, share) for name, share in rows]
 

@@ -108,6 +108,10 @@ class ApiSettings(BaseModel):
     # A shared view asked for within this long is rendered ahead on a timer (api.viewcache), so a
     # poll never waits for a render; 0: only when a request comes.
     shared_view_keep_warm_s: float = Field(10.0, ge=0)
+    # A shared view is rendered at most this share of the time: one whose render takes longer
+    # than this share of shared_view_max_age_ms is shared for render time / share instead
+    # (api.viewcache; 0: always the max age).
+    shared_view_render_share: float = Field(0.1, ge=0, le=1)
     # The latest reading of one device likewise (0: every request reads the database).
     latest_max_age_ms: int = Field(500, ge=0)
     # Devices whose latest reading is kept for that long, per worker.

@@ -107,6 +107,38 @@ def test_view_cache_renders_ahead_while_the_view_is_asked_for() -> None:
     asyncio.run(scenario())
 
 
+def test_view_cache_spaces_out_a_view_slow_to_render() -> None:
+    """With ``render_share`` 0.1, a view whose render took 0.5 s is served for 5 s, not 1 s: its
+    renders take a tenth of the time at most. A quick view keeps the max age."""
+
+    async def scenario() -> None:
+        clock = _Clock()
+        cache = ViewCache(1.0, clock=clock, render_share=0.1)
+        renders = 0
+
+        async def slow() -> RenderedView:
+            nonlocal renders
+            renders += 1
+            clock.now += 0.5  # the render takes half a second of the clock
+            await asyncio.sleep(0)
+            return RenderedView(str(renders).encode(), f'"{renders}"')
+
+        assert (await cache.get("overview", slow)).body == b"1"
+        assert cache.age_s("overview") == pytest.approx(5.0)
+        clock.now += 1.5  # 2 s after the render started: past the max age, within 10 render times
+        assert (await cache.get("overview", slow)).body == b"1"
+        assert renders == 1
+        clock.now += 3.5  # 5.5 s: expired; the next request renders again
+        assert (await cache.get("overview", slow)).body == b"2"
+        quick = _Renderer()
+        await cache.get("summary", quick)
+        assert cache.age_s("summary") == 1.0
+        with pytest.raises(ValueError, match="render_share"):
+            ViewCache(1.0, render_share=1.5)
+
+    asyncio.run(scenario())
+
+
 def test_view_cache_does_not_keep_failures_and_zero_disables_it() -> None:
     async def scenario() -> None:
         cache = ViewCache(60.0, clock=_Clock())

@@ -208,8 +208,8 @@ async def district_summary(
     district: Annotated[str, Path(description="district slug", examples=["futian"])],
     state: State,
 ) -> Response:
-    """Shared by every screen polling it: at most api.shared_view_max_age_ms older than the data.
-    Sends a weak ETag that ignores ``at``; If-None-Match naming it gets 304 while nothing changed."""
+    """Shared by every screen polling it: at most api.shared_view_max_age_ms older than the data,
+    or 10 render times for a view slow to render (api.shared_view_render_share). Sends a weak ETag that ignores ``at``; If-None-Match naming it gets 304 while nothing changed."""
     check_district(district)
     view = await state.views.get(("summary", district), lambda: _render_summary(state, district))
     return answer(request, view.body, view.etag)
@@ -222,6 +222,7 @@ async def district_summary(
     summary="The whole city at a glance, with every district's summary",
 )
 async def city_overview(request: Request, state: State) -> Response:
-    """Shared like the district summary: at most api.shared_view_max_age_ms older than the data."""
+    """Shared like the district summary: at most api.shared_view_max_age_ms older than the data,
+    or 10 render times for a view slow to render (api.shared_view_render_share)."""
     view = await state.views.get(("overview",), lambda: _render_overview(state))
     return answer(request, view.body, view.etag)
