@@ -37,6 +37,19 @@ def configure_client(
 
 
 _RECONNECT_MIN_DELAY_S = 1
+_NOT_CONNECTED = "Client is not connected"
+
+
+class _NotConnectedIsNoError(logging.Filter):
+    """While the broker is unreachable paho's network loop runs once on the missing socket before
+    every reconnect attempt and logs that as an ERROR, every few seconds for the whole outage (and
+    at shutdown when the broker goes first). The client's owner reports the outage itself (its
+    ``on_disconnect``), so the line is demoted to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(_NOT_CONNECTED):
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
 
 
 def mqtt5_client(client_id: str, settings: MqttSettings, logger_name: str) -> mqtt.Client:
@@ -47,7 +60,10 @@ def mqtt5_client(client_id: str, settings: MqttSettings, logger_name: str) -> mq
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv5,
     )
-    client.enable_logger(logging.getLogger(logger_name))
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _NotConnectedIsNoError) for f in logger.filters):
+        logger.addFilter(_NotConnectedIsNoError())
+    client.enable_logger(logger)
     client.reconnect_delay_set(
         min_delay=_RECONNECT_MIN_DELAY_S,
         max_delay=max(_RECONNECT_MIN_DELAY_S, round(settings.reconnect_max_delay_s)),

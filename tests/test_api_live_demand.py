@@ -6,8 +6,10 @@ At 1:1 the city sends 2,850 messages/s; received for nobody they cost the API ab
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 from mqtttest import publisher
 
 from api.live.broker import BrokerLink
@@ -59,3 +61,27 @@ async def _scenario(broker: MosquittoBroker) -> None:
 
 def test_telemetry_is_received_only_while_a_client_listens(broker: MosquittoBroker) -> None:
     asyncio.run(_scenario(broker))
+
+
+def test_a_broker_outage_is_no_error_in_the_log(
+    broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """paho logs "Client is not connected" as an ERROR before each reconnect attempt while the
+    broker is down (and at shutdown when the broker stops first): the link reports the outage as
+    a warning, paho's line is demoted to DEBUG."""
+
+    async def scenario() -> None:
+        link = BrokerLink(MqttSettings(port=broker.port), Hub(), lambda topic, ack: None)
+        link.start(asyncio.get_running_loop())
+        try:
+            assert await link.wait_subscribed(10)
+            with caplog.at_level(logging.DEBUG, logger="cityneuron.api.paho"):
+                broker.stop()
+                await asyncio.sleep(3.5)  # paho retries after 1 s, then 2 s
+        finally:
+            link.stop()
+
+    asyncio.run(scenario())
+    paho_lines = [r for r in caplog.records if r.name == "cityneuron.api.paho"]
+    assert any(r.getMessage().startswith("Client is not connected") for r in paho_lines)
+    assert [r.getMessage() for r in paho_lines if r.levelno >= logging.ERROR] == []
