@@ -12,7 +12,8 @@ It carries copies of ``kind``, ``district`` and ``online`` so that the device st
 (:mod:`cityneuron.device_counts`, whose triggers now sit on this table) and the silence check
 read one table. ``devices`` stays the one place those are written; triggers keep the copies:
 an insert into ``devices`` creates the activity rows, an update of kind, district or online is
-copied, a delete cascades.
+copied, a delete or truncate removes them. Triggers rather than a foreign key: a key would check
+(and lock) the ``devices`` row of each of 17 M activity rows a registry load inserts.
 
 A bulk loader that knows its devices' ``last_seen_at`` (the simulator's direct registry load,
 17 M rows) sets :data:`CALLER_WRITES_ACTIVITY` to ``on`` for its transaction and inserts the
@@ -36,7 +37,7 @@ _COPIED = "device_id, kind, district, online"
 MIGRATION: tuple[str, ...] = (
     """
     CREATE TABLE device_activity (
-        device_id text PRIMARY KEY REFERENCES devices ON DELETE CASCADE ON UPDATE CASCADE,
+        device_id text PRIMARY KEY,
         kind text NOT NULL,
         district text NOT NULL,
         online boolean,
@@ -63,12 +64,22 @@ MIGRATION: tuple[str, ...] = (
     "CREATE TRIGGER device_activity_create AFTER INSERT ON devices REFERENCING NEW TABLE AS new_rows"
     " FOR EACH STATEMENT EXECUTE FUNCTION device_activity_create()",
     "CREATE OR REPLACE FUNCTION device_activity_copy() RETURNS trigger LANGUAGE plpgsql AS $fn$"
-    " BEGIN UPDATE device_activity SET kind = NEW.kind, district = NEW.district, online = NEW.online"
-    " WHERE device_id = NEW.device_id; RETURN NULL; END $fn$",
+    " BEGIN UPDATE device_activity SET device_id = NEW.device_id, kind = NEW.kind, district = NEW.district,"
+    " online = NEW.online WHERE device_id = OLD.device_id; RETURN NULL; END $fn$",
     # Row-level, only when a copied column changed: statuses change online one device at a time.
-    "CREATE TRIGGER device_activity_copy AFTER UPDATE OF kind, district, online ON devices FOR EACH ROW"
-    " WHEN (OLD.kind IS DISTINCT FROM NEW.kind OR OLD.district IS DISTINCT FROM NEW.district"
-    " OR OLD.online IS DISTINCT FROM NEW.online) EXECUTE FUNCTION device_activity_copy()",
+    "CREATE TRIGGER device_activity_copy AFTER UPDATE OF device_id, kind, district, online ON devices"
+    " FOR EACH ROW WHEN (OLD.device_id IS DISTINCT FROM NEW.device_id OR OLD.kind IS DISTINCT FROM NEW.kind"
+    " OR OLD.district IS DISTINCT FROM NEW.district OR OLD.online IS DISTINCT FROM NEW.online)"
+    " EXECUTE FUNCTION device_activity_copy()",
+    "CREATE OR REPLACE FUNCTION device_activity_delete() RETURNS trigger LANGUAGE plpgsql AS $fn$"
+    " BEGIN DELETE FROM device_activity AS a USING old_rows AS o WHERE a.device_id = o.device_id;"
+    " RETURN NULL; END $fn$",
+    "CREATE TRIGGER device_activity_delete AFTER DELETE ON devices REFERENCING OLD TABLE AS old_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION device_activity_delete()",
+    "CREATE OR REPLACE FUNCTION device_activity_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$"
+    " BEGIN TRUNCATE device_activity; RETURN NULL; END $fn$",
+    "CREATE TRIGGER device_activity_truncate AFTER TRUNCATE ON devices"
+    " FOR EACH STATEMENT EXECUTE FUNCTION device_activity_truncate()",
     *(
         f"CREATE TRIGGER {name} {event} ON device_activity {rest}"
         for name, (event, rest) in COUNT_TRIGGERS.items()

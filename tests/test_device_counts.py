@@ -83,6 +83,7 @@ def test_counts_follow_every_kind_of_change(database: DatabaseSettings) -> None:
             " ON CONFLICT (device_id) DO UPDATE SET online = true"
         )
         conn.execute("UPDATE devices SET kind = 'water_meter', district = 'luohu' WHERE device_id = 'pole-6'")
+        conn.execute("UPDATE devices SET device_id = 'pole-renamed' WHERE device_id = 'pole-8'")
         conn.execute("DELETE FROM devices WHERE device_id IN ('pole-5', 'wm-7')")
         assert _kept(conn) == _scanned(conn)
         assert _kept(conn, "luohu") == Counter({k: n for k, n in _scanned(conn).items() if k[0] == "luohu"})
@@ -98,7 +99,7 @@ def test_counts_follow_every_kind_of_change(database: DatabaseSettings) -> None:
         )
         assert prune(conn) > 0
         assert _kept(conn) == _scanned(conn)
-        conn.execute("TRUNCATE devices CASCADE")
+        conn.execute("TRUNCATE devices")
         assert not _kept(conn)
 
 
