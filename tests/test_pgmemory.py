@@ -21,9 +21,10 @@ def test_small_cities_keep_the_default_and_large_ones_get_their_registry() -> No
     assert pgmemory.shared_buffers_mb(3_050, ram=24 * GIB) == pgmemory.DEFAULT_SHARED_BUFFERS_MB
     assert pgmemory.shared_buffers_mb(102_110, ram=24 * GIB) == pgmemory.DEFAULT_SHARED_BUFFERS_MB
     two_million = pgmemory.shared_buffers_mb(2_000_000, ram=24 * GIB)
-    assert 1_000 < two_million < 2_000  # about 650 bytes a device
-    # The 1:1 city wants more than 40 % of 24 GiB: capped there.
-    assert pgmemory.shared_buffers_mb(17_105_540, ram=24 * GIB) == int(24 * GIB * 0.4) // 2**20
+    assert 800 < two_million < 1_100  # about 480 bytes a device
+    assert 7_000 < pgmemory.shared_buffers_mb(17_105_540, ram=24 * GIB) < 9_000
+    # The 1:1 city wants more than 40 % of 16 GiB: capped there.
+    assert pgmemory.shared_buffers_mb(17_105_540, ram=16 * GIB) == int(16 * GIB * 0.4) // 2**20
     # A small machine never goes under the default.
     assert pgmemory.shared_buffers_mb(17_105_540, ram=512 * 2**20) == pgmemory.DEFAULT_SHARED_BUFFERS_MB
     # WAL spaced out and compressed for the large city only; an explicit size wins.
