@@ -435,10 +435,14 @@ def test_ctrl_c_while_hashing_device_passwords_stops_everything(
             process.kill()
 
 
+# SIGINT as a terminal's foreground process has it: a test run started from a background job
+# (nohup, `&` in a script) passes SIGINT on ignored, and Python then raises no KeyboardInterrupt.
 _HASHING = """
+import signal
 import sys
 from pathlib import Path
 from cityneuron.provision import write_password_file
+signal.signal(signal.SIGINT, signal.default_int_handler)
 ids = (f"dev-{i:07d}" for i in range(1_000_000))
 write_password_file(Path(sys.argv[1]), b"k" * 32, ids, {}, workers=2)
 """
