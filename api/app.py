@@ -22,6 +22,7 @@ from api.routers import (
     alerts,
     catalog,
     city,
+    city_air,
     commands,
     devicemap,
     devices,
@@ -104,7 +105,19 @@ def create_app(settings: Settings) -> FastAPI:
     install_security(app, settings.api)
     # Outermost middleware: counts and times every answer, refusals included.
     install_metrics(app)
-    for module in (health, devices, readings, aggregates, city, overview, admin, alerts, commands, streams):
+    for module in (
+        health,
+        devices,
+        readings,
+        aggregates,
+        city_air,
+        city,
+        overview,
+        admin,
+        alerts,
+        commands,
+        streams,
+    ):
         app.include_router(module.router)
     # The catalog, the map feeds and the operations screen (docs/screen.md).
     app.include_router(catalog.router)

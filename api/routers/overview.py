@@ -36,7 +36,7 @@ from api.queries import city as city_queries
 from api.queries import overview as queries
 from api.queries.liveness import DEVICE_STATUSES
 from api.routers import ERRORS
-from api.routers.city import aqi_index
+from api.routers.city_air import aqi_index
 from api.state import ApiState
 from api.viewcache import RenderedView
 from cityneuron.catalog import DISTRICT_BY_SLUG, DISTRICTS, KINDS
