@@ -25,7 +25,8 @@ class ApiState:
     # (None until the lifespan starts it).
     hub: Hub = field(default_factory=Hub)
     broker: BrokerLink | None = field(default=None)
-    # Shared views (district summary, city overview), rendered once per api.shared_view_max_age_ms.
+    # Shared views (district summary, city overview, the city views without `at`), rendered once
+    # per api.shared_view_max_age_ms.
     views: ViewCache = field(default_factory=lambda: ViewCache(0))
     # Latest reading of one device, rendered once per api.latest_max_age_ms.
     device_views: ViewCache = field(default_factory=lambda: ViewCache(0))

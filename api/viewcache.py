@@ -1,7 +1,8 @@
 """A short server-side cache of rendered views that many dashboards poll at once.
 
 The district summary and the city overview aggregate over every device of a district (or the
-city): five queries per answer. An operations centre has many screens polling the same view every
+city): five queries per answer; the city views (AQI, water quality, rain) asked for now read a day
+of every station's readings. An operations centre has many screens polling the same view every
 few seconds; answering each poll from scratch costs the database the same work over and over for a
 result that changes far less often than it is asked for. So each view is rendered once per
 ``max_age_s`` per set of parameters (twice under steady polling: the successor is rendered ahead,

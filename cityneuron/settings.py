@@ -103,7 +103,8 @@ class ApiSettings(BaseModel):
     command_timeout_s: float = Field(30.0, gt=0)
     # Uvicorn worker processes; each has its own pool, rate-limit buckets and view cache.
     workers: int = Field(1, ge=1)
-    # District summary and city overview are shared between polls, never served older than this.
+    # District summary, city overview and the city views without `at` (AQI, water quality, rain)
+    # are shared between polls, never served older than this.
     shared_view_max_age_ms: int = Field(1000, ge=0)
     # A shared view asked for within this long is rendered ahead on a timer (api.viewcache), so a
     # poll never waits for a render; 0: only when a request comes.
